@@ -1,0 +1,300 @@
+//! Settings, from environment variables over an optional env-format file that uses the very same
+//! keys (`config/prediction-inbox.env` by default): the environment wins. Each value is parsed into
+//! the type that uses it, and a bad one is reported as one line naming its key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::http::ApiTokens;
+use crate::telemetry::LogFormat;
+use crate::verify::Secret;
+
+pub const DEFAULT_CONFIG_FILE: &str = "config/prediction-inbox.env";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Reads one variable of the environment.
+type Lookup = Box<dyn Fn(&str) -> Option<String>>;
+
+/// Where settings come from: the environment first, then the file.
+pub struct Source {
+    file: HashMap<String, String>,
+    env: Lookup,
+}
+
+impl Source {
+    /// Reads `file` if it exists; a file named explicitly (`required`) must exist.
+    pub fn load(file: &Path, required: bool) -> Result<Self, ConfigError> {
+        let key = "INBOX_CONFIG";
+        let entries = match dotenvy::from_path_iter(file) {
+            Ok(entries) => entries
+                .collect::<Result<HashMap<_, _>, _>>()
+                .map_err(|e| ConfigError::new(key, format!("{}: {e}", file.display())))?,
+            Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                HashMap::new()
+            }
+            Err(e) => return Err(ConfigError::new(key, format!("{}: {e}", file.display()))),
+        };
+        Ok(Self {
+            file: entries,
+            env: Box::new(|key| std::env::var(key).ok()),
+        })
+    }
+
+    /// Settings from a fixed map alone, as tests and tools build them.
+    pub fn from_map(map: HashMap<String, String>) -> Self {
+        Self {
+            file: map,
+            env: Box::new(|_| None),
+        }
+    }
+
+    /// A set, non-blank value; blank counts as unset so `KEY=` in a compose file means "default".
+    fn get(&self, key: &str) -> Option<String> {
+        (self.env)(key)
+            .or_else(|| self.file.get(key).cloned())
+            .filter(|value| !value.trim().is_empty())
+    }
+
+    fn required(&self, key: &str, what: &str) -> Result<String, ConfigError> {
+        self.get(key)
+            .ok_or_else(|| ConfigError::new(key, format!("required ({what})")))
+    }
+
+    fn parsed<T: FromStr>(&self, key: &str, default: T, what: &str) -> Result<T, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(text) => text
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::new(key, format!("expected {what}, got {text:?}"))),
+        }
+    }
+
+    /// Like `parsed`, and zero is refused.
+    fn positive<T>(&self, key: &str, default: T, what: &str) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialEq + From<u8>,
+    {
+        let value = self.parsed(key, default, what)?;
+        if value == T::from(0) {
+            return Err(ConfigError::new(key, "must be greater than 0"));
+        }
+        Ok(value)
+    }
+
+    /// Comma-separated entries, none of them blank.
+    fn list(&self, key: &str, what: &str) -> Result<Vec<String>, ConfigError> {
+        let text = self.required(key, what)?;
+        let entries: Vec<String> = text.split(',').map(|e| e.trim().to_owned()).collect();
+        if entries.iter().any(String::is_empty) {
+            return Err(ConfigError::new(key, "has an empty entry"));
+        }
+        Ok(entries)
+    }
+
+    pub fn database_url(&self) -> Result<DatabaseUrl, ConfigError> {
+        let key = "DATABASE_URL";
+        let url = self.required(key, "postgres://user@host:port/database")?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                key,
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        Ok(DatabaseUrl(url))
+    }
+
+    pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
+        self.parsed("INBOX_LOG_FORMAT", LogFormat::Text, "`text` or `json`")
+    }
+}
+
+/// The database's URL, which may carry a password: never printed.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DatabaseUrl(<redacted>)")
+    }
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: DatabaseUrl,
+    pub database_pool_size: u32,
+    pub webhook_secrets: Vec<Secret>,
+    pub webhook_tolerance_secs: u64,
+    pub api_tokens: ApiTokens,
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub public_url: Option<String>,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    pub fn from_source(source: &Source) -> Result<Self, ConfigError> {
+        let secrets_key = "INBOX_WEBHOOK_SECRETS";
+        let webhook_secrets = source
+            .list(secrets_key, "one or more whsec_… secrets, comma separated")?
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                // The message names the entry, never its value.
+                text.parse()
+                    .map_err(|e| ConfigError::new(secrets_key, format!("entry {} {e}", i + 1)))
+            })
+            .collect::<Result<_, _>>()?;
+        let tokens = source.list(
+            "INBOX_API_TOKENS",
+            "one or more bearer tokens, comma separated",
+        )?;
+        let public_url = source.get("INBOX_PUBLIC_URL");
+        if let Some(url) = &public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::new(
+                    "INBOX_PUBLIC_URL",
+                    "must start with http:// or https://",
+                ));
+            }
+        }
+        Ok(Self {
+            database_url: source.database_url()?,
+            database_pool_size: source.positive(
+                "INBOX_DATABASE_POOL_SIZE",
+                10,
+                "a number of connections",
+            )?,
+            webhook_secrets,
+            webhook_tolerance_secs: source.parsed(
+                "INBOX_WEBHOOK_TOLERANCE_SECS",
+                300,
+                "seconds",
+            )?,
+            api_tokens: ApiTokens::new(tokens.iter().map(String::as_str)),
+            listen: source.parsed(
+                "INBOX_LISTEN",
+                SocketAddr::from(([0, 0, 0, 0], 8080)),
+                "an address like 0.0.0.0:8080",
+            )?,
+            max_body_bytes: source.positive(
+                "INBOX_MAX_BODY_BYTES",
+                16 * 1024 * 1024,
+                "a number of bytes",
+            )?,
+            request_timeout: Duration::from_secs(source.positive(
+                "INBOX_REQUEST_TIMEOUT_SECS",
+                30,
+                "seconds",
+            )?),
+            public_url,
+            log_format: source.log_format()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(pairs: &[(&str, &str)]) -> Source {
+        Source::from_map(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    const VALID: [(&str, &str); 3] = [
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1/inbox"),
+        (
+            "INBOX_WEBHOOK_SECRETS",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ),
+        ("INBOX_API_TOKENS", "t1,t2"),
+    ];
+
+    fn error_with(overrides: &[(&str, &str)]) -> ConfigError {
+        let mut pairs: Vec<_> = VALID
+            .iter()
+            .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
+            .copied()
+            .collect();
+        pairs.extend(overrides.iter().filter(|(_, v)| !v.is_empty()));
+        Settings::from_source(&source(&pairs)).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let settings = Settings::from_source(&source(&VALID)).unwrap();
+        assert_eq!(settings.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(settings.webhook_tolerance_secs, 300);
+        assert_eq!(settings.max_body_bytes, 16_777_216);
+        assert_eq!(settings.webhook_secrets.len(), 1);
+    }
+
+    #[test]
+    fn each_bad_setting_is_named_without_its_value() {
+        for (key, value) in [
+            ("DATABASE_URL", ""),
+            ("DATABASE_URL", "mysql://x"),
+            ("INBOX_WEBHOOK_SECRETS", ""),
+            (
+                "INBOX_WEBHOOK_SECRETS",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,notasecret",
+            ),
+            (
+                "INBOX_WEBHOOK_SECRETS",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,",
+            ),
+            ("INBOX_API_TOKENS", ""),
+            ("INBOX_LISTEN", "localhost"),
+            ("INBOX_WEBHOOK_TOLERANCE_SECS", "-1"),
+            ("INBOX_MAX_BODY_BYTES", "0"),
+            ("INBOX_LOG_FORMAT", "xml"),
+        ] {
+            let error = error_with(&[(key, value)]);
+            assert_eq!(error.key, key, "{value}");
+            assert!(!error.to_string().contains("notasecret"));
+        }
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file() {
+        let mut s = source(&VALID);
+        s.env = Box::new(|key| (key == "INBOX_LISTEN").then(|| "127.0.0.1:9".to_owned()));
+        s.file.insert("INBOX_LISTEN".into(), "127.0.0.1:8".into());
+        assert_eq!(
+            Settings::from_source(&s).unwrap().listen.to_string(),
+            "127.0.0.1:9"
+        );
+    }
+}

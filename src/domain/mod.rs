@@ -1,0 +1,10 @@
+//! Value types every layer shares: what a delivery carries once it has been parsed, and the order
+//! that decides which of two states of a prediction is the latest. Nothing here does I/O.
+
+mod prediction;
+mod progress;
+mod text;
+
+pub use prediction::{InvalidPrediction, Prediction, Status};
+pub use progress::Progress;
+pub use text::{InvalidText, PredictionId, WebhookId};

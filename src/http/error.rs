@@ -1,0 +1,136 @@
+//! Every error answer leaves as `application/problem+json` (RFC 9457) from here: `ApiError` for
+//! the service's own errors, and `problem_for_bare_errors` for the ones the framework and the
+//! middleware make (unknown routes, wrong methods, body limits, timeouts, panics).
+
+use axum::Json;
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::ingest::IngestError;
+use crate::store::StoreError;
+use crate::verify::Rejection;
+
+const PROBLEM_JSON: &str = "application/problem+json";
+/// Seconds a client is asked to wait before retrying after a 503.
+const RETRY_AFTER_SECS: &str = "5";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error(transparent)]
+    Signature(#[from] Rejection),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Unavailable(#[from] StoreError),
+}
+
+impl From<IngestError> for ApiError {
+    fn from(error: IngestError) -> Self {
+        match error {
+            IngestError::Invalid(invalid) => Self::BadRequest(invalid.to_string()),
+            IngestError::Store(store) => Self::Unavailable(store),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::Unauthorized(_) | Self::Signature(_) => StatusCode::UNAUTHORIZED,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let detail = match &self {
+            Self::Unavailable(error) => {
+                // The cause goes to the log; the caller learns only that it should retry.
+                tracing::error!(%error, "database operation failed");
+                "the database is unavailable; retry later".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut response = problem(status, detail);
+        if let Self::Unauthorized(_) = self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[derive(Serialize)]
+struct Problem {
+    title: &'static str,
+    status: u16,
+    detail: String,
+}
+
+/// A problem answer; a 503 always says when to come back.
+pub fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
+    let body = Problem {
+        title: status.canonical_reason().unwrap_or("Error"),
+        status: status.as_u16(),
+        detail: detail.into(),
+    };
+    let mut response = (status, Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+    }
+    response
+}
+
+/// Rewrites an error answer that is not already a problem (a rejection's plain text, an empty
+/// 405/408/413) into one, keeping its status and headers and using its text as the detail.
+pub async fn problem_for_bare_errors<B>(response: axum::http::Response<B>) -> Response
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes() == PROBLEM_JSON.as_bytes());
+    let response = response.map(Body::new);
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let detail = match text.trim() {
+        "" => default_detail(status),
+        text => text.to_owned(),
+    };
+    let rebuilt = problem(status, detail);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let (new_parts, new_body) = rebuilt.into_parts();
+    for (name, value) in &new_parts.headers {
+        parts.headers.insert(name, value.clone());
+    }
+    Response::from_parts(parts, new_body)
+}
+
+fn default_detail(status: StatusCode) -> String {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "the body is larger than this service accepts".into(),
+        StatusCode::METHOD_NOT_ALLOWED => "this route does not take that method".into(),
+        StatusCode::SERVICE_UNAVAILABLE => "the request took too long; retry later".into(),
+        status => status
+            .canonical_reason()
+            .unwrap_or("the request failed")
+            .to_lowercase(),
+    }
+}

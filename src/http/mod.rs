@@ -1,0 +1,77 @@
+//! The HTTP edge: routes grouped by resource, the state they share, and the middleware every
+//! answer passes through. Handlers extract and answer; decisions live in `verify`, `ingest` and
+//! `store`.
+
+mod auth;
+mod error;
+mod health;
+mod predictions;
+mod webhooks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::middleware::map_response;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::store::Store;
+use crate::verify::Verifier;
+
+pub use auth::ApiTokens;
+pub use error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    store: Store,
+    verifier: Arc<Verifier>,
+    tokens: Arc<ApiTokens>,
+    /// Base of the absolute URLs the service hands out (`next`, `previous`); from the request's
+    /// `Host` when unset.
+    public_url: Option<Arc<str>>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        verifier: Verifier,
+        tokens: ApiTokens,
+        public_url: Option<String>,
+    ) -> Self {
+        Self {
+            store,
+            verifier: Arc::new(verifier),
+            tokens: Arc::new(tokens),
+            public_url: public_url.map(|url| url.trim_end_matches('/').into()),
+        }
+    }
+}
+
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+pub fn router(state: AppState, limits: &Limits) -> Router {
+    Router::new()
+        .merge(webhooks::router(limits.max_body_bytes))
+        .merge(predictions::router())
+        .merge(health::router())
+        .fallback(|| async { ApiError::NotFound("there is no such route".into()) })
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(map_response(error::problem_for_bare_errors))
+                .layer(TraceLayer::new_for_http())
+                .layer(CatchPanicLayer::new())
+                // 503 rather than 408: a sender should retry, and the problem layer adds Retry-After.
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    limits.request_timeout,
+                )),
+        )
+}

@@ -1,0 +1,276 @@
+//! `GET /v1/predictions/{id}` and `GET /v1/predictions`, shaped like Replicate's own so its
+//! official clients read from this service with only their base URL changed.
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as CURSOR_BASE64;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::auth::Authenticated;
+use super::{ApiError, AppState};
+use crate::store::{Direction, ListQuery, Page, Position};
+
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/predictions", get(list))
+        .route("/v1/predictions/{id}", get(get_one))
+}
+
+async fn get_one(
+    _: Authenticated,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match state.store.prediction(&id).await? {
+        Some(prediction) => Ok(json(prediction.body)),
+        None => Err(ApiError::NotFound(
+            "no prediction with this id has been received".into(),
+        )),
+    }
+}
+
+/// The list's query string. Everything arrives as text so that each bad value gets its own message.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+struct ListParams {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created_after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created_before: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+}
+
+async fn list(
+    _: Authenticated,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let query = ListQuery {
+        status: params.status.clone(),
+        model: params.model.clone(),
+        version: params.version.clone(),
+        created_after: params
+            .created_after
+            .as_deref()
+            .map(|t| timestamp("created_after", t))
+            .transpose()?,
+        created_before: params
+            .created_before
+            .as_deref()
+            .map(|t| timestamp("created_before", t))
+            .transpose()?,
+        from: params
+            .cursor
+            .as_deref()
+            .map(Cursor::decode)
+            .transpose()?
+            .map(|c| (c.direction, c.position)),
+        limit: match params.limit.as_deref() {
+            None => DEFAULT_LIMIT,
+            Some(text) => text
+                .parse()
+                .ok()
+                .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "`limit` must be a whole number from 1 to {MAX_LIMIT}"
+                    ))
+                })?,
+        },
+    };
+    let page = state.store.list(&query).await?;
+
+    let base = base_url(&state, &headers);
+    let link = |direction, position: Option<Position>| {
+        position.map(|position| {
+            let params = ListParams {
+                cursor: Some(
+                    Cursor {
+                        direction,
+                        position,
+                    }
+                    .encode(),
+                ),
+                ..params.clone()
+            };
+            // Infallible for a struct of optional strings.
+            let query = serde_urlencoded::to_string(&params).unwrap_or_default();
+            format!("{base}/v1/predictions?{query}")
+        })
+    };
+    let next = page
+        .has_older
+        .then(|| page.items.last().map(position))
+        .flatten();
+    let previous = page
+        .has_newer
+        .then(|| page.items.first().map(position))
+        .flatten();
+    let (previous, next) = (
+        link(Direction::Newer, previous),
+        link(Direction::Older, next),
+    );
+    Ok(json(list_body(previous, next, &page)))
+}
+
+fn position(item: &crate::store::StoredPrediction) -> Position {
+    Position {
+        created_at: item.created_at,
+        id: item.id.clone(),
+    }
+}
+
+/// `{"previous":…,"next":…,"results":[…]}` with the stored bodies spliced in as they are: they came
+/// out of a `json` column, so they are valid JSON and need no second parse.
+fn list_body(previous: Option<String>, next: Option<String>, page: &Page) -> String {
+    let link = |url: Option<String>| serde_json::to_string(&url).unwrap_or_else(|_| "null".into());
+    let size: usize = page.items.iter().map(|item| item.body.len() + 1).sum();
+    let mut body = String::with_capacity(size + 512);
+    body.push_str("{\"previous\":");
+    body.push_str(&link(previous));
+    body.push_str(",\"next\":");
+    body.push_str(&link(next));
+    body.push_str(",\"results\":[");
+    for (i, item) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&item.body);
+    }
+    body.push_str("]}");
+    body
+}
+
+fn json(body: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn timestamp(name: &str, text: &str) -> Result<OffsetDateTime, ApiError> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|_| ApiError::BadRequest(format!("`{name}` must be an RFC 3339 timestamp")))
+}
+
+/// Where the client reached us: the configured public URL, else what its request said.
+fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(url) = &state.public_url {
+        return url.to_string();
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(',').next())
+            .map(str::trim)
+            .filter(|value| !value.is_empty())
+    };
+    let scheme = header("x-forwarded-proto").unwrap_or("http");
+    match header("x-forwarded-host").or_else(|| header("host")) {
+        Some(host) => format!("{scheme}://{host}"),
+        None => String::new(),
+    }
+}
+
+/// A position in the list and the way to go from it, opaque to clients.
+struct Cursor {
+    direction: Direction,
+    position: Position,
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        let direction = match self.direction {
+            Direction::Older => 'o',
+            Direction::Newer => 'n',
+        };
+        let micros = self.position.created_at.unix_timestamp_nanos() / 1000;
+        CURSOR_BASE64.encode(format!("{direction}.{micros}.{}", self.position.id))
+    }
+
+    fn decode(text: &str) -> Result<Self, ApiError> {
+        let invalid = || ApiError::BadRequest("`cursor` is not one this service handed out".into());
+        let bytes = CURSOR_BASE64.decode(text).map_err(|_| invalid())?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let mut parts = text.splitn(3, '.');
+        let direction = match parts.next() {
+            Some("o") => Direction::Older,
+            Some("n") => Direction::Newer,
+            _ => return Err(invalid()),
+        };
+        let micros: i128 = parts
+            .next()
+            .and_then(|m| m.parse().ok())
+            .ok_or_else(invalid)?;
+        let created_at = micros
+            .checked_mul(1000)
+            .and_then(|nanos| OffsetDateTime::from_unix_timestamp_nanos(nanos).ok())
+            .ok_or_else(invalid)?;
+        let id = parts
+            .next()
+            .filter(|id| !id.is_empty())
+            .ok_or_else(invalid)?;
+        Ok(Self {
+            direction,
+            position: Position {
+                created_at,
+                id: id.to_owned(),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_forgeries() {
+        let cursor = Cursor {
+            direction: Direction::Newer,
+            position: Position {
+                created_at: OffsetDateTime::from_unix_timestamp_nanos(1_694_189_974_765_994_000)
+                    .unwrap(),
+                id: "a.b.c".into(),
+            },
+        };
+        let decoded = Cursor::decode(&cursor.encode()).unwrap();
+        assert_eq!(
+            (decoded.direction, decoded.position),
+            (cursor.direction, cursor.position)
+        );
+        for bad in [
+            "",
+            "!!",
+            "eC4xLmE",
+            &CURSOR_BASE64.encode("o.abc.id"),
+            &CURSOR_BASE64.encode("o.1."),
+            &CURSOR_BASE64.encode(format!("o.{}.x", i128::MAX)),
+        ] {
+            assert!(Cursor::decode(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! prediction-inbox: receives Replicate's signed prediction webhooks, keeps each prediction's
+//! latest state in Postgres, and serves it back through a Replicate-shaped read API.
+//!
+//! One delivery goes `http` → `verify` → `ingest` → `store`; one read goes `http` → `store`.
+//! `domain` holds the value types they share; `config`, `telemetry` and `startup` assemble it.
+
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod ingest;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod verify;
