@@ -217,7 +217,7 @@ mod tests {
     }
 
     fn vectors() -> Vec<Vector> {
-        let text = include_str!("../../shared/fixtures/signature-vectors.json");
+        let text = include_str!("../tests/fixtures/signature-vectors.json");
         serde_json::from_str::<Vectors>(text).unwrap().vectors
     }
 

@@ -221,7 +221,7 @@ fn string_or_ignore<'de, D: Deserializer<'de>>(
 mod tests {
     use super::*;
 
-    const SUCCEEDED: &str = include_str!("../../../shared/fixtures/04-succeeded.json");
+    const SUCCEEDED: &str = include_str!("../../tests/fixtures/04-succeeded.json");
 
     #[test]
     fn reads_a_fixture() {

@@ -1,0 +1,270 @@
+//! What every API test needs: the real service on a random port over a fresh database, and a client
+//! that signs deliveries the way the platform does.
+#![allow(dead_code)] // each test binary uses its own share of these helpers
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prediction_inbox::config::{Settings, Source};
+use prediction_inbox::startup::Application;
+use prediction_inbox::verify::Secret;
+use reqwest::{Response, StatusCode};
+use serde_json::Value;
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const TOKEN: &str = "test-token";
+
+/// A database created for one test and dropped after it.
+pub struct TestDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+/// The server the tests use: `TEST_DATABASE_URL`, else the local default.
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let server = server_url();
+        let mut admin = url::Url::parse(&server).expect("TEST_DATABASE_URL is a URL");
+        admin.set_path("/postgres");
+        let name = format!(
+            "inbox_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            fastrand::u32(..)
+        );
+        let mut connection = PgConnection::connect(admin.as_str())
+            .await
+            .unwrap_or_else(|error| {
+                panic!(
+                    "the database tests need PostgreSQL, and none answers at {server} ({error}). \
+                 Start one, or set TEST_DATABASE_URL=postgres://user:password@host:port"
+                )
+            });
+        connection
+            .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            .await
+            .expect("create the test database");
+        let mut url = admin.clone();
+        url.set_path(&format!("/{name}"));
+        Self {
+            url: url.to_string(),
+            admin_url: admin.to_string(),
+            name,
+        }
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    /// Runs SQL as the server's administrator (outside the test database).
+    pub async fn admin(&self, sql: &str) {
+        let mut connection = PgConnection::connect(&self.admin_url)
+            .await
+            .expect("admin connection");
+        connection
+            .execute(sql.replace("{db}", &self.name).as_str())
+            .await
+            .expect(sql);
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime, which cannot block on itself: use a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut connection = PgConnection::connect(&admin_url).await.ok()?;
+                let sql = format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#);
+                connection.execute(sql.as_str()).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: TestDatabase,
+    pub pool: PgPool,
+    secret: Secret,
+}
+
+/// Settings for a test instance; `overrides` replace or add keys.
+pub fn settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings {
+    let mut map: HashMap<String, String> = [
+        ("DATABASE_URL", database_url),
+        ("INBOX_WEBHOOK_SECRETS", SECRET),
+        ("INBOX_API_TOKENS", TOKEN),
+        ("INBOX_LISTEN", "127.0.0.1:0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (key, value) in overrides {
+        map.insert((*key).to_owned(), (*value).to_owned());
+    }
+    Settings::from_source(&Source::from_map(map)).expect("valid test settings")
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    let db = TestDatabase::create().await;
+    let app = Application::build(settings(&db.url, overrides))
+        .await
+        .expect("build the app");
+    let address = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until(std::future::pending()));
+    let pool = db.pool().await;
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        db,
+        pool,
+        secret: SECRET.parse().expect("test secret"),
+    }
+}
+
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+pub fn new_webhook_id() -> String {
+    format!("msg_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// One delivery as the platform would send it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub webhook_id: String,
+    pub timestamp: i64,
+    pub body: String,
+}
+
+impl Delivery {
+    pub fn new(body: impl Into<String>) -> Self {
+        Self::at(now(), body)
+    }
+
+    pub fn at(timestamp: i64, body: impl Into<String>) -> Self {
+        Self {
+            webhook_id: new_webhook_id(),
+            timestamp,
+            body: body.into(),
+        }
+    }
+}
+
+impl TestApp {
+    pub fn signature(&self, delivery: &Delivery) -> String {
+        self.secret.sign(
+            &delivery.webhook_id,
+            delivery.timestamp,
+            delivery.body.as_bytes(),
+        )
+    }
+
+    pub async fn send(&self, delivery: &Delivery) -> Response {
+        self.client
+            .post(format!("{}/webhooks/replicate", self.address))
+            .header("webhook-id", &delivery.webhook_id)
+            .header("webhook-timestamp", delivery.timestamp.to_string())
+            .header("webhook-signature", self.signature(delivery))
+            .header("content-type", "application/json")
+            .body(delivery.body.clone())
+            .send()
+            .await
+            .expect("send the delivery")
+    }
+
+    /// Sends and returns the `status` of a 200 receipt.
+    pub async fn deliver(&self, delivery: &Delivery) -> String {
+        let response = self.send(delivery).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+        let receipt: Value = response.json().await.expect("a JSON receipt");
+        receipt["status"].as_str().expect("a status").to_owned()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// The stored body of a prediction, as text, or `None` on 404.
+    pub async fn prediction(&self, id: &str) -> Option<String> {
+        let response = self.get(&format!("/v1/predictions/{id}")).await;
+        match response.status() {
+            StatusCode::OK => Some(response.text().await.expect("body")),
+            StatusCode::NOT_FOUND => None,
+            other => panic!("GET prediction answered {other}"),
+        }
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+}
+
+pub fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A prediction object with the given id, status and logs, in the platform's shape.
+pub fn prediction(id: &str, status: &str, logs: &str) -> String {
+    let mut body: Value = serde_json::from_str(&fixture("01-starting.json")).expect("fixture");
+    body["id"] = id.into();
+    body["status"] = status.into();
+    body["logs"] = logs.into();
+    serde_json::to_string(&body).expect("serialise")
+}
+
+/// Asserts an answer is a problem document with this status, and returns it.
+pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let problem: Value = response.json().await.expect("a problem body");
+    assert_eq!(problem["status"], status.as_u16());
+    assert!(
+        problem["title"].is_string() && problem["detail"].is_string(),
+        "{problem}"
+    );
+    problem
+}

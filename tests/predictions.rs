@@ -1,0 +1,241 @@
+//! `GET /v1/predictions/{id}` and `GET /v1/predictions`: auth, exact bodies, order, filters, cursors.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{Delivery, TOKEN, TestApp, assert_problem, prediction, spawn_app};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+#[tokio::test]
+async fn reading_needs_an_accepted_bearer_token() {
+    let app = spawn_app().await;
+    app.deliver(&Delivery::new(prediction("p1", "starting", "")))
+        .await;
+    for path in ["/v1/predictions/p1", "/v1/predictions"] {
+        let url = format!("{}{path}", app.address);
+        for authorization in [
+            None,
+            Some("Bearer wrong"),
+            Some("Basic dGVzdC10b2tlbg=="),
+            Some(TOKEN),
+            Some("Bearer"),
+        ] {
+            let mut request = app.client.get(&url);
+            if let Some(value) = authorization {
+                request = request.header("authorization", value);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(
+                response.headers()["www-authenticate"],
+                "Bearer",
+                "{path} {authorization:?}"
+            );
+            assert_problem(response, StatusCode::UNAUTHORIZED).await;
+        }
+        let ok = app
+            .client
+            .get(&url)
+            .header("authorization", format!("bearer {TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_prediction_is_a_404_problem() {
+    let app = spawn_app().await;
+    assert_problem(app.get("/v1/predictions/nope").await, StatusCode::NOT_FOUND).await;
+    // An id that could never have been stored is just as unknown.
+    let long = "x".repeat(5000);
+    assert_problem(
+        app.get(&format!("/v1/predictions/{long}")).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_problem(
+        app.get("/v1/predictions/%27%3B%20DROP%20TABLE%20predictions%3B--")
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_prediction_is_served_as_json_exactly_as_received() {
+    let app = spawn_app().await;
+    let body = "{ \"id\" : \"p1\", \"status\":\"processing\", \"z\":1.0e3, \"a\":\"é中😀\" }";
+    app.deliver(&Delivery::new(body)).await;
+    let response = app.get("/v1/predictions/p1").await;
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.text().await.unwrap(), body);
+}
+
+/// Stores `n` predictions created one second apart: `p000` oldest.
+async fn seed(app: &TestApp, n: usize, shape: impl Fn(usize, &mut Value)) {
+    for i in 0..n {
+        let mut body: Value =
+            serde_json::from_str(&prediction(&format!("p{i:03}"), "starting", "")).unwrap();
+        body["created_at"] = format!("2024-01-01T00:{:02}:{:02}.123456789Z", i / 60, i % 60).into();
+        shape(i, &mut body);
+        app.deliver(&Delivery::new(body.to_string())).await;
+    }
+}
+
+async fn page(app: &TestApp, url: &str) -> Value {
+    let response = app.client.get(url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{url}");
+    response.json().await.unwrap()
+}
+
+/// Follows `next` from `url` to the end; every page on the way.
+async fn walk(app: &TestApp, url: String) -> Vec<Value> {
+    let mut pages = vec![page(app, &url).await];
+    while let Some(next) = pages.last().unwrap()["next"].as_str().map(str::to_owned) {
+        assert!(next.starts_with(&app.address), "{next}");
+        pages.push(page(app, &next).await);
+    }
+    pages
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_list_is_newest_first_with_replicates_shape() {
+    let app = spawn_app().await;
+    seed(&app, 3, |_, _| {}).await;
+    let first = page(&app, &format!("{}/v1/predictions", app.address)).await;
+    assert_eq!(ids(&first), ["p002", "p001", "p000"]);
+    assert_eq!(first["previous"], Value::Null);
+    assert_eq!(first["next"], Value::Null);
+    // The objects inside are the stored ones, whole.
+    assert_eq!(
+        first["results"][0]["urls"]["get"],
+        "https://api.replicate.com/v1/predictions/gm3qorzdhgbfurvjtvhg6dckhu"
+    );
+}
+
+#[tokio::test]
+async fn pagination_returns_every_prediction_exactly_once_both_ways() {
+    let app = spawn_app().await;
+    // Two share a created_at, so the id must break the tie.
+    seed(&app, 250, |i, body| {
+        if i == 101 {
+            body["created_at"] = "2024-01-01T00:01:40.123456789Z".into();
+        }
+    })
+    .await;
+    let pages = walk(&app, format!("{}/v1/predictions?limit=7", app.address)).await;
+    assert!(pages.iter().all(|p| ids(p).len() <= 7));
+    let forward: Vec<String> = pages.iter().flat_map(ids).collect();
+    let unique: HashSet<_> = forward.iter().collect();
+    assert_eq!((forward.len(), unique.len()), (250, 250));
+    let mut sorted = forward.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(forward, sorted, "newest first, ties by id");
+
+    // Walking `previous` from the last page gives the same pages back.
+    let mut back = pages.last().unwrap().clone();
+    for expected in pages.iter().rev().skip(1) {
+        back = page(&app, back["previous"].as_str().expect("a previous page")).await;
+        assert_eq!(ids(&back), ids(expected));
+    }
+    assert_eq!(back["previous"], Value::Null);
+}
+
+#[tokio::test]
+async fn filters_narrow_the_list_and_survive_in_the_cursor() {
+    let app = spawn_app().await;
+    seed(&app, 30, |i, body| {
+        body["status"] = if i % 3 == 0 {
+            "succeeded"
+        } else {
+            "processing"
+        }
+        .into();
+        body["model"] = if i % 2 == 0 { "acme/even" } else { "acme/odd" }.into();
+        body["version"] = format!("v{}", i % 5).into();
+    })
+    .await;
+    let all = async |query: &str| -> Vec<String> {
+        let pages = walk(&app, format!("{}/v1/predictions?{query}", app.address)).await;
+        pages.iter().flat_map(ids).collect()
+    };
+    let expect = |keep: &dyn Fn(usize) -> bool| -> Vec<String> {
+        (0..30)
+            .rev()
+            .filter(|&i| keep(i))
+            .map(|i| format!("p{i:03}"))
+            .collect()
+    };
+    assert_eq!(
+        all("status=succeeded&limit=2").await,
+        expect(&|i| i % 3 == 0)
+    );
+    assert_eq!(
+        all("model=acme%2Fodd&limit=3").await,
+        expect(&|i| i % 2 == 1)
+    );
+    assert_eq!(
+        all("version=v4&model=acme%2Feven&limit=1").await,
+        expect(&|i| i % 5 == 4 && i % 2 == 0)
+    );
+    assert_eq!(
+        all("created_after=2024-01-01T00:00:10Z&created_before=2024-01-01T00:00:15Z&limit=2").await,
+        expect(&|i| (10..15).contains(&i))
+    );
+    assert!(all("status=starting").await.is_empty());
+}
+
+#[tokio::test]
+async fn bad_list_parameters_are_400_problems() {
+    let app = spawn_app().await;
+    for query in [
+        "limit=0",
+        "limit=1001",
+        "limit=ten",
+        "created_after=yesterday",
+        "created_before=2024-13-01T00:00:00Z",
+        "cursor=not-a-cursor",
+        "cursor=%FF%FE",
+        "status=a&status=b",
+    ] {
+        let response = app.get(&format!("/v1/predictions?{query}")).await;
+        assert_problem(response, StatusCode::BAD_REQUEST).await;
+    }
+    assert_eq!(
+        app.get("/v1/predictions?limit=1000").await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn next_links_honour_the_forwarded_origin() {
+    let app = spawn_app().await;
+    seed(&app, 2, |_, _| {}).await;
+    let response = app
+        .client
+        .get(format!("{}/v1/predictions?limit=1", app.address))
+        .bearer_auth(TOKEN)
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "inbox.example.com")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    let next = body["next"].as_str().unwrap();
+    assert!(
+        next.starts_with("https://inbox.example.com/v1/predictions?limit=1&cursor="),
+        "{next}"
+    );
+}

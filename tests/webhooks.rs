@@ -1,0 +1,301 @@
+//! `POST /webhooks/replicate`: every row of the contract's delivery table.
+
+mod common;
+
+use common::{Delivery, assert_problem, fixture, now, prediction, spawn_app, spawn_app_with};
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn a_verified_new_delivery_is_applied_and_stored_exactly() {
+    let app = spawn_app().await;
+    let body = fixture("04-succeeded.json");
+    assert_eq!(app.deliver(&Delivery::new(body.clone())).await, "applied");
+    assert_eq!(
+        app.prediction("gm3qorzdhgbfurvjtvhg6dckhu")
+            .await
+            .as_deref(),
+        Some(body.as_str())
+    );
+    let (applied, stored_body): (bool, String) =
+        sqlx::query_as("SELECT applied, body::text FROM deliveries")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(applied);
+    assert_eq!(stored_body, body);
+}
+
+#[tokio::test]
+async fn every_fixture_is_accepted_and_returned_byte_for_byte() {
+    let app = spawn_app().await;
+    for name in [
+        "05-failed.json",
+        "06-canceled.json",
+        "07-text-stream-succeeded.json",
+    ] {
+        let body = fixture(name);
+        assert_eq!(
+            app.deliver(&Delivery::new(body.clone())).await,
+            "applied",
+            "{name}"
+        );
+        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            app.prediction(&id).await.as_deref(),
+            Some(body.as_str()),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_older_delivery_is_recorded_but_ignored() {
+    let app = spawn_app().await;
+    let t = now();
+    let succeeded = Delivery::at(t, prediction("p1", "succeeded", "done"));
+    assert_eq!(app.deliver(&succeeded).await, "applied");
+    assert_eq!(
+        app.deliver(&Delivery::at(
+            t + 1,
+            prediction("p1", "processing", "more logs")
+        ))
+        .await,
+        "ignored"
+    );
+    assert_eq!(
+        app.prediction("p1").await.as_deref(),
+        Some(succeeded.body.as_str())
+    );
+    assert_eq!(app.count("deliveries").await, 2);
+    let applied: Vec<bool> =
+        sqlx::query_scalar("SELECT applied FROM deliveries ORDER BY received_at")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(applied, [true, false]);
+}
+
+#[tokio::test]
+async fn a_repeated_webhook_id_is_a_duplicate_and_writes_nothing() {
+    let app = spawn_app().await;
+    let starting = Delivery::new(prediction("p1", "starting", ""));
+    assert_eq!(app.deliver(&starting).await, "applied");
+    assert_eq!(app.deliver(&starting).await, "duplicate");
+    // Even a retry whose body would advance the state writes nothing under a seen id.
+    let mut replay = Delivery::new(prediction("p1", "succeeded", ""));
+    replay.webhook_id = starting.webhook_id.clone();
+    assert_eq!(app.deliver(&replay).await, "duplicate");
+    assert_eq!(app.count("deliveries").await, 1);
+    assert_eq!(
+        app.prediction("p1").await.as_deref(),
+        Some(starting.body.as_str())
+    );
+}
+
+#[tokio::test]
+async fn unknown_statuses_and_fields_are_kept() {
+    let app = spawn_app().await;
+    let body =
+        r#"{"id":"p1","status":"successful","new_field":{"nested":[1,2.50,"x"]},"output":null}"#;
+    assert_eq!(app.deliver(&Delivery::new(body)).await, "applied");
+    assert_eq!(app.prediction("p1").await.as_deref(), Some(body));
+}
+
+#[tokio::test]
+async fn unverifiable_deliveries_get_401_and_store_nothing() {
+    let app = spawn_app().await;
+    let good = Delivery::new(prediction("p1", "starting", ""));
+    let url = format!("{}/webhooks/replicate", app.address);
+    let signature = app.signature(&good);
+    let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
+        ("no headers", vec![]),
+        (
+            "no signature",
+            vec![
+                ("webhook-id", good.webhook_id.clone()),
+                ("webhook-timestamp", good.timestamp.to_string()),
+            ],
+        ),
+        (
+            "no id",
+            vec![
+                ("webhook-timestamp", good.timestamp.to_string()),
+                ("webhook-signature", signature.clone()),
+            ],
+        ),
+        (
+            "no timestamp",
+            vec![
+                ("webhook-id", good.webhook_id.clone()),
+                ("webhook-signature", signature.clone()),
+            ],
+        ),
+        (
+            "bad timestamp",
+            vec![
+                ("webhook-id", good.webhook_id.clone()),
+                ("webhook-timestamp", "soon".into()),
+                ("webhook-signature", signature.clone()),
+            ],
+        ),
+        (
+            "wrong signature",
+            vec![
+                ("webhook-id", good.webhook_id.clone()),
+                ("webhook-timestamp", good.timestamp.to_string()),
+                (
+                    "webhook-signature",
+                    "v1,I5q0/nYcgL3z2qwOLaM8Z6E3ENKXYZT5s9XoJs3j3vU=".into(),
+                ),
+            ],
+        ),
+        (
+            "other id",
+            vec![
+                ("webhook-id", "msg_other".into()),
+                ("webhook-timestamp", good.timestamp.to_string()),
+                ("webhook-signature", signature.clone()),
+            ],
+        ),
+    ];
+    for (case, headers) in cases {
+        let mut request = app.client.post(&url).body(good.body.clone());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let problem = assert_problem(request.send().await.unwrap(), StatusCode::UNAUTHORIZED).await;
+        assert!(!problem["detail"].as_str().unwrap().is_empty(), "{case}");
+    }
+    assert_eq!(app.count("deliveries").await, 0);
+    assert_eq!(app.count("predictions").await, 0);
+}
+
+#[tokio::test]
+async fn timestamps_outside_the_tolerance_get_401() {
+    let app = spawn_app_with(&[("INBOX_WEBHOOK_TOLERANCE_SECS", "60")]).await;
+    for timestamp in [now() - 61, now() + 61] {
+        let response = app
+            .send(&Delivery::at(timestamp, prediction("p1", "starting", "")))
+            .await;
+        assert_problem(response, StatusCode::UNAUTHORIZED).await;
+    }
+    assert_eq!(
+        app.deliver(&Delivery::at(now() - 55, prediction("p1", "starting", "")))
+            .await,
+        "applied"
+    );
+    assert_eq!(app.count("deliveries").await, 1);
+}
+
+#[tokio::test]
+async fn verified_bodies_that_are_not_predictions_get_400_and_store_nothing() {
+    let app = spawn_app().await;
+    let deep = format!(
+        "{{\"id\":\"p\",\"o\":{}{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    for body in [
+        "[1,2]",
+        "\"text\"",
+        "null",
+        "not json",
+        "{\"status\":\"starting\"}",
+        "{\"id\":42}",
+        "{\"id\":\"\"}",
+        "{\"id\":\"a\\u0000b\"}",
+        "{\"id\":\"p\",\"id\":\"q\"}",
+        &deep,
+    ] {
+        let response = app.send(&Delivery::new(body)).await;
+        assert_problem(response, StatusCode::BAD_REQUEST).await;
+    }
+    assert_eq!(app.count("deliveries").await, 0);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413_and_stores_nothing() {
+    let app = spawn_app_with(&[("INBOX_MAX_BODY_BYTES", "1000")]).await;
+    let big = prediction("p1", "starting", &"x".repeat(1000));
+    let delivery = Delivery::new(big.clone());
+    assert_problem(app.send(&delivery).await, StatusCode::PAYLOAD_TOO_LARGE).await;
+
+    // Without a Content-Length (chunked), the limit still cuts the body off.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.as_bytes().chunks(100).map(|c| Ok(c.to_vec())).collect();
+    let stream = futures_util::stream::iter(chunks);
+    let response = app
+        .client
+        .post(format!("{}/webhooks/replicate", app.address))
+        .header("webhook-id", &delivery.webhook_id)
+        .header("webhook-timestamp", delivery.timestamp.to_string())
+        .header("webhook-signature", app.signature(&delivery))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE).await;
+    assert_eq!(app.count("deliveries").await, 0);
+
+    let small = Delivery::new(prediction("p1", "starting", ""));
+    assert_eq!(app.deliver(&small).await, "applied");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_gets_503_with_retry_after_and_the_retry_lands() {
+    let app = spawn_app().await;
+    let delivery = Delivery::new(prediction("p1", "succeeded", ""));
+    app.pool.close().await;
+    app.db
+        .admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false")
+        .await;
+    app.db
+        .admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
+        .await;
+
+    let response = app.send(&delivery).await;
+    assert!(response.headers().contains_key("retry-after"));
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(ready, StatusCode::SERVICE_UNAVAILABLE).await;
+
+    app.db
+        .admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true")
+        .await;
+    // The sender's retry carries the same webhook-id and is the first to be recorded.
+    assert_eq!(app.deliver(&delivery).await, "applied");
+    assert_eq!(
+        app.prediction("p1").await.as_deref(),
+        Some(delivery.body.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_failing_statement_gets_503_and_loses_nothing_stored() {
+    let app = spawn_app().await;
+    let first = Delivery::new(prediction("p1", "starting", ""));
+    assert_eq!(app.deliver(&first).await, "applied");
+    // A constraint the service's write violates stands in for any statement the database refuses.
+    sqlx::query(
+        "ALTER TABLE deliveries ADD CONSTRAINT refuse CHECK (webhook_timestamp < 0) NOT VALID",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let second = Delivery::new(prediction("p1", "succeeded", ""));
+    assert_problem(app.send(&second).await, StatusCode::SERVICE_UNAVAILABLE).await;
+    // The whole transaction rolled back: the upsert that ran before the refused insert is undone.
+    assert_eq!(
+        app.prediction("p1").await.as_deref(),
+        Some(first.body.as_str())
+    );
+    assert_eq!(app.count("deliveries").await, 1);
+}
