@@ -43,7 +43,7 @@ pub async fn ingest(
         prediction_id = %prediction.id,
         webhook_id = %verified.webhook_id,
         status = prediction.status.as_ref().map(|s| s.as_str()),
-        outcome = ?outcome,
+        outcome = outcome.as_str(),
         "delivery"
     );
     Ok(outcome)

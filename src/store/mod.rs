@@ -40,6 +40,16 @@ pub enum Outcome {
     Duplicate,
 }
 
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Ignored => "ignored",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
 /// A verified, parsed delivery ready to be written.
 pub struct NewDelivery<'a> {
     pub webhook_id: &'a WebhookId,

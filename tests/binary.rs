@@ -1,0 +1,286 @@
+//! The real binary: commands, exit codes, durability across `kill -9`, draining on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{SECRET, TOKEN, TestDatabase, now, prediction};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_prediction-inbox");
+
+/// The binary with a clean environment, run from a folder holding no config file.
+fn command(env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command.env_clear().current_dir(std::env::temp_dir());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+#[test]
+fn missing_or_malformed_settings_stop_start_up_with_exit_2_naming_the_setting() {
+    let complete = [
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"),
+        ("INBOX_WEBHOOK_SECRETS", SECRET),
+        ("INBOX_API_TOKENS", TOKEN),
+    ];
+    for (key, value) in [
+        ("DATABASE_URL", ""),
+        ("INBOX_WEBHOOK_SECRETS", ""),
+        ("INBOX_WEBHOOK_SECRETS", "whsec_sup3r-secret!"),
+        ("INBOX_API_TOKENS", ""),
+        ("INBOX_LISTEN", "everywhere"),
+        ("INBOX_WEBHOOK_TOLERANCE_SECS", "five"),
+        ("INBOX_MAX_BODY_BYTES", "-1"),
+    ] {
+        let env: Vec<_> = complete
+            .iter()
+            .filter(|(k, _)| *k != key)
+            .copied()
+            .chain([(key, value)])
+            .collect();
+        let output = command(&env).arg("serve").output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{key}={value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(key), "{stderr}");
+        assert!(!stderr.contains("sup3r"), "the secret leaked: {stderr}");
+    }
+}
+
+#[test]
+fn an_explicit_config_file_that_is_missing_is_an_error() {
+    let output = command(&[])
+        .args(["--config", "/nonexistent/inbox.env", "serve"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("INBOX_CONFIG"));
+}
+
+#[test]
+fn sign_prints_the_reference_vectors() {
+    let vectors: Value = serde_json::from_str(&common::fixture("signature-vectors.json")).unwrap();
+    for v in vectors["vectors"].as_array().unwrap() {
+        let file = std::env::temp_dir().join(format!("inbox-sign-{}", fastrand::u64(..)));
+        std::fs::write(&file, v["body"].as_str().unwrap()).unwrap();
+        let output = command(&[])
+            .args(["sign", "--secret", v["secret"].as_str().unwrap()])
+            .args(["--id", v["webhook_id"].as_str().unwrap()])
+            .args(["--timestamp", v["webhook_timestamp"].as_str().unwrap()])
+            .arg(&file)
+            .output()
+            .unwrap();
+        std::fs::remove_file(&file).unwrap();
+        assert!(output.status.success());
+        let expected = format!(
+            "webhook-id: {}\nwebhook-timestamp: {}\nwebhook-signature: {}\n",
+            v["webhook_id"].as_str().unwrap(),
+            v["webhook_timestamp"].as_str().unwrap(),
+            v["webhook_signature"].as_str().unwrap()
+        );
+        assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
+    }
+}
+
+/// The service as a child process, its log lines collected as they come.
+struct Service {
+    child: Child,
+    address: String,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Service {
+    fn start(database_url: &str) -> Self {
+        let mut child = command(&[
+            ("DATABASE_URL", database_url),
+            ("INBOX_WEBHOOK_SECRETS", SECRET),
+            ("INBOX_API_TOKENS", TOKEN),
+            ("INBOX_LISTEN", "127.0.0.1:0"),
+            ("INBOX_LOG_FORMAT", "json"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let (send, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let send = send.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = send.send(line);
+                }
+            });
+        }
+        let mut service = Self {
+            child,
+            address: String::new(),
+            lines,
+            log: Vec::new(),
+        };
+        let serving = service.wait_for("serving");
+        let line: Value = serde_json::from_str(&serving).unwrap();
+        service.address = format!("http://{}", line["addr"].as_str().unwrap());
+        service
+    }
+
+    /// Waits for a log line containing `text`, and returns it.
+    fn wait_for(&mut self, text: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| {
+                    panic!("no log line with {text:?}; log so far: {:#?}", self.log)
+                });
+            self.log.push(line.clone());
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, gathering the rest of its log.
+    fn exit_code(mut self) -> (Option<i32>, Vec<String>) {
+        let status = self.child.wait().unwrap();
+        self.log.extend(self.lines.try_iter());
+        (status.code(), self.log)
+    }
+}
+
+async fn deliver(address: &str, body: &str) -> reqwest::Response {
+    let secret: prediction_inbox::verify::Secret = SECRET.parse().unwrap();
+    let id = common::new_webhook_id();
+    let timestamp = now();
+    reqwest::Client::new()
+        .post(format!("{address}/webhooks/replicate"))
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header(
+            "webhook-signature",
+            secret.sign(&id, timestamp, body.as_bytes()),
+        )
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn read(address: &str, id: &str) -> String {
+    let response = reqwest::Client::new()
+        .get(format!("{address}/v1/predictions/{id}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn nothing_acknowledged_is_lost_across_kill_9_and_sigterm_exits_0() {
+    let db = TestDatabase::create().await;
+    let mut acknowledged: Vec<(String, String)> = Vec::new();
+    for round in 0..3 {
+        let mut service = Service::start(&db.url);
+        for (id, body) in &acknowledged {
+            assert_eq!(
+                &read(&service.address, id).await,
+                body,
+                "after restart {round}"
+            );
+        }
+        let id = format!("p{round}");
+        let body = prediction(&id, "succeeded", "");
+        assert_eq!(deliver(&service.address, &body).await.status(), 200);
+        acknowledged.push((id, body));
+        service.child.kill().unwrap(); // SIGKILL: no chance to flush anything
+        service.child.wait().unwrap();
+    }
+
+    let service = Service::start(&db.url);
+    for (id, body) in &acknowledged {
+        assert_eq!(&read(&service.address, id).await, body);
+    }
+    service.signal("-TERM");
+    let (code, log) = service.exit_code();
+    assert_eq!(code, Some(0), "{log:#?}");
+    let log = log.join("\n");
+    for secret in [SECRET, TOKEN, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_request_in_flight() {
+    let db = TestDatabase::create().await;
+    let mut service = Service::start(&db.url);
+    let first = prediction("p1", "starting", "");
+    assert_eq!(deliver(&service.address, &first).await.status(), 200);
+
+    // Hold the prediction's row so the next delivery is in flight when the signal comes.
+    let pool = db.pool().await;
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM predictions WHERE id = 'p1' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let address = service.address.clone();
+    let in_flight = tokio::spawn(async move {
+        deliver(&address, &prediction("p1", "succeeded", ""))
+            .await
+            .status()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service.signal("-TERM");
+    service.wait_for("draining");
+    blocker.rollback().await.unwrap();
+
+    assert_eq!(in_flight.await.unwrap(), 200);
+    let (code, log) = service.exit_code();
+    assert_eq!(code, Some(0), "{log:#?}");
+    let state: String = sqlx::query_scalar("SELECT status FROM predictions WHERE id = 'p1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "succeeded");
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_exits() {
+    let db = TestDatabase::create().await;
+    let output = command(&[("DATABASE_URL", &db.url)])
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pool = db.pool().await;
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('predictions', 'deliveries')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 2);
+}

@@ -1,0 +1,69 @@
+//! Probes, and errors the framework makes still leaving as problems.
+
+mod common;
+
+use common::{Delivery, assert_problem, prediction, spawn_app, spawn_app_with};
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn probes_answer() {
+    let app = spawn_app().await;
+    for path in ["/healthz", "/readyz"] {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let app = spawn_app().await;
+    assert_problem(app.get("/v2/anything").await, StatusCode::NOT_FOUND).await;
+    let response = app
+        .client
+        .get(format!("{}/webhooks/replicate", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["allow"], "POST");
+    assert_problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
+    let response = app
+        .client
+        .delete(format!("{}/v1/predictions/x", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
+}
+
+#[tokio::test]
+async fn a_request_stuck_on_the_database_gets_503_within_the_timeout() {
+    let app = spawn_app_with(&[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
+    let first = Delivery::new(prediction("p1", "starting", ""));
+    app.deliver(&first).await;
+    // Another session holds the prediction's row, so the write waits on its lock.
+    let mut blocker = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM predictions WHERE id = 'p1' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let response = app
+        .send(&Delivery::new(prediction("p1", "succeeded", "")))
+        .await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(response.headers().contains_key("retry-after"));
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+
+    blocker.rollback().await.unwrap();
+    assert_eq!(
+        app.prediction("p1").await.as_deref(),
+        Some(first.body.as_str())
+    );
+    assert_eq!(app.count("deliveries").await, 1);
+}
