@@ -155,6 +155,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    pub max_waiters: usize,
     pub public_url: Option<String>,
     pub log_format: LogFormat,
 }
@@ -214,6 +215,11 @@ impl Settings {
                 30,
                 "seconds",
             )?),
+            max_waiters: source.positive(
+                "INBOX_MAX_WAITERS",
+                10_000,
+                "a number of waiting requests",
+            )?,
             public_url,
             log_format: source.log_format()?,
         })
@@ -279,6 +285,7 @@ mod tests {
             ("INBOX_LISTEN", "localhost"),
             ("INBOX_WEBHOOK_TOLERANCE_SECS", "-1"),
             ("INBOX_MAX_BODY_BYTES", "0"),
+            ("INBOX_MAX_WAITERS", "many"),
             ("INBOX_LOG_FORMAT", "xml"),
         ] {
             let error = error_with(&[(key, value)]);

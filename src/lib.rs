@@ -1,9 +1,11 @@
 //! prediction-inbox: receives Replicate's signed prediction webhooks, keeps each prediction's
 //! latest state in Postgres, and serves it back through a Replicate-shaped read API.
 //!
-//! One delivery goes `http` → `verify` → `ingest` → `store`; one read goes `http` → `store`.
+//! One delivery goes `http` → `verify` → `ingest` → `store`; one read goes `http` → `store`, and a
+//! waiting read is woken through `changes` when a commit announces its prediction.
 //! `domain` holds the value types they share; `config`, `telemetry` and `startup` assemble it.
 
+pub mod changes;
 pub mod config;
 pub mod domain;
 pub mod http;

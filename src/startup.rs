@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::changes::{self, Changes};
 use crate::config::Settings;
 use crate::http::{self, AppState, Limits};
 use crate::store::{Store, StoreError};
@@ -29,6 +30,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     store: Store,
+    changes: Changes,
 }
 
 impl Application {
@@ -43,8 +45,10 @@ impl Application {
                     addr: settings.listen,
                     source,
                 })?;
+        let changes = Changes::new(settings.max_waiters);
         let state = AppState::new(
             store.clone(),
+            changes.clone(),
             Verifier::new(settings.webhook_secrets, settings.webhook_tolerance_secs),
             settings.api_tokens,
             settings.public_url,
@@ -57,6 +61,7 @@ impl Application {
             listener,
             router: http::router(state, &limits),
             store,
+            changes,
         })
     }
 
@@ -67,17 +72,30 @@ impl Application {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
-    /// (each is bounded by the request timeout) and closes the database pool.
+    /// The waiters of this instance, to observe them.
+    pub fn changes(&self) -> Changes {
+        self.changes.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, ends waits and event streams with
+    /// the current state, lets in-flight requests finish (each is bounded by its timeout) and
+    /// closes the database pool.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
         tracing::info!(addr = %self.local_addr(), "serving");
-        axum::serve(self.listener, self.router)
+        let listening = tokio::spawn(changes::listen(self.store.clone(), self.changes.clone()));
+        let changes = self.changes.clone();
+        let shutdown = async move {
+            shutdown.await;
+            changes.close();
+        };
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(StartupError::Serve)?;
+            .await;
+        listening.abort();
+        served.map_err(StartupError::Serve)?;
         self.store.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -284,3 +284,39 @@ async fn migrate_applies_the_schema_and_exits() {
     .unwrap();
     assert_eq!(tables, 2);
 }
+
+#[tokio::test]
+async fn sigterm_ends_waits_and_event_streams_at_once() {
+    let db = TestDatabase::create().await;
+    let mut service = Service::start(&db.url);
+    assert_eq!(
+        deliver(&service.address, &prediction("p1", "processing", ""))
+            .await
+            .status(),
+        200
+    );
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("{}{path}", service.address))
+            .bearer_auth(TOKEN)
+    };
+    let waiting = tokio::spawn(get("/v1/predictions/p1").header("prefer", "wait=60").send());
+    let stream = get("/v1/predictions/p1/events").send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = std::time::Instant::now();
+    service.signal("-TERM");
+    service.wait_for("draining");
+    let answer = waiting.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.text().await.unwrap().contains("processing"));
+    // The stream ends rather than holding the shutdown open.
+    assert!(stream.text().await.unwrap().contains("event: prediction"));
+    let (code, log) = service.exit_code();
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown waited on the waiters"
+    );
+}

@@ -28,6 +28,9 @@ pub enum ApiError {
     NotFound(String),
     #[error(transparent)]
     Unavailable(#[from] StoreError),
+    /// At a capacity limit; worth retrying shortly.
+    #[error("{0}")]
+    Busy(&'static str),
 }
 
 impl From<IngestError> for ApiError {
@@ -45,7 +48,7 @@ impl IntoResponse for ApiError {
             Self::Unauthorized(_) | Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let detail = match &self {
             Self::Unavailable(error) => {

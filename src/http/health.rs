@@ -8,16 +8,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::AppState;
 use super::error::problem;
+use super::{AppState, Limits, timeout};
 
 /// Shorter than the usual probe timeout, so a hung database reads as "not ready", not as no answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn router() -> Router<AppState> {
+pub fn router(limits: &Limits) -> Router<AppState> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .layer(timeout(limits.request_timeout))
 }
 
 async fn ready(State(state): State<AppState>) -> Response {

@@ -19,6 +19,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::changes::Changes;
 use crate::store::Store;
 use crate::verify::Verifier;
 
@@ -28,6 +29,7 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     store: Store,
+    changes: Changes,
     verifier: Arc<Verifier>,
     tokens: Arc<ApiTokens>,
     /// Base of the absolute URLs the service hands out (`next`, `previous`); from the request's
@@ -38,12 +40,14 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         store: Store,
+        changes: Changes,
         verifier: Verifier,
         tokens: ApiTokens,
         public_url: Option<String>,
     ) -> Self {
         Self {
             store,
+            changes,
             verifier: Arc::new(verifier),
             tokens: Arc::new(tokens),
             public_url: public_url.map(|url| url.trim_end_matches('/').into()),
@@ -58,20 +62,22 @@ pub struct Limits {
 
 pub fn router(state: AppState, limits: &Limits) -> Router {
     Router::new()
-        .merge(webhooks::router(limits.max_body_bytes))
-        .merge(predictions::router())
-        .merge(health::router())
+        .merge(webhooks::router(limits))
+        .merge(predictions::router(limits))
+        .merge(health::router(limits))
         .fallback(|| async { ApiError::NotFound("there is no such route".into()) })
         .with_state(state)
         .layer(
             ServiceBuilder::new()
                 .layer(map_response(error::problem_for_bare_errors))
                 .layer(TraceLayer::new_for_http())
-                .layer(CatchPanicLayer::new())
-                // 503 rather than 408: a sender should retry, and the problem layer adds Retry-After.
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    limits.request_timeout,
-                )),
+                .layer(CatchPanicLayer::new()),
         )
+}
+
+/// The bound on a route's whole answer; each route sets its own, since a wait or a stream is
+/// meant to outlast an ordinary request. 503 rather than 408: a sender should retry, and the
+/// problem layer adds `Retry-After`.
+fn timeout(duration: Duration) -> TimeoutLayer {
+    TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, duration)
 }

@@ -1,40 +1,211 @@
-//! `GET /v1/predictions/{id}` and `GET /v1/predictions`, shaped like Replicate's own so its
-//! official clients read from this service with only their base URL changed.
+//! `GET /v1/predictions/{id}` (with `Prefer: wait`), `GET /v1/predictions/{id}/events` and
+//! `GET /v1/predictions`, shaped like Replicate's own so its official clients read from this service
+//! with only their base URL changed.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as CURSOR_BASE64;
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::auth::Authenticated;
-use super::{ApiError, AppState};
-use crate::store::{Direction, ListQuery, Page, Position};
+use super::{ApiError, AppState, Limits, timeout};
+use crate::changes::Registration;
+use crate::store::{Direction, ListQuery, Page, Position, Store, StoredPrediction};
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
+/// The longest `Prefer: wait`, and the wait of a bare `Prefer: wait`.
+const MAX_WAIT_SECS: u64 = 60;
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-pub fn router() -> Router<AppState> {
+pub fn router(limits: &Limits) -> Router<AppState> {
+    let max_wait = Duration::from_secs(MAX_WAIT_SECS);
     Router::new()
-        .route("/v1/predictions", get(list))
-        .route("/v1/predictions/{id}", get(get_one))
+        .route(
+            "/v1/predictions",
+            get(list).layer(timeout(limits.request_timeout)),
+        )
+        .route(
+            "/v1/predictions/{id}",
+            get(get_one).layer(timeout(limits.request_timeout + max_wait)),
+        )
+        // A stream lasts until its prediction ends; only its database reads are bounded.
+        .route("/v1/predictions/{id}/events", get(events))
 }
 
 async fn get_one(
     _: Authenticated,
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    match state.store.prediction(&id).await? {
-        Some(prediction) => Ok(json(prediction.body)),
-        None => Err(ApiError::NotFound(
-            "no prediction with this id has been received".into(),
-        )),
+    let Some(wait) = requested_wait(&headers)? else {
+        return Ok(answer(state.store.prediction(&id).await?, None));
+    };
+    // Registered before the first read, so a change committed in between still wakes this wait.
+    let Some(mut registration) = state.changes.register(&id) else {
+        // Too many waiters already: the state now, and a header that says no wait was applied.
+        return Ok(answer(state.store.prediction(&id).await?, Some(0)));
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    loop {
+        let current = state.store.prediction(&id).await?;
+        if current.as_ref().is_some_and(StoredPrediction::is_terminal) {
+            return Ok(answer(current, Some(wait)));
+        }
+        tokio::select! {
+            woken = registration.changed() => if !woken {
+                return Ok(answer(current, Some(wait)));
+            },
+            () = tokio::time::sleep_until(deadline) => return Ok(answer(current, Some(wait))),
+        }
+    }
+}
+
+/// The prediction, or 404; with `Preference-Applied: wait=N` when a wait was asked for.
+fn answer(found: Option<StoredPrediction>, wait_applied: Option<u64>) -> Response {
+    let mut response = match found {
+        Some(prediction) => json(prediction.body),
+        None => ApiError::NotFound("no prediction with this id has been received".into())
+            .into_response(),
+    };
+    if let Some(wait) = wait_applied {
+        if let Ok(value) = HeaderValue::from_str(&format!("wait={wait}")) {
+            response.headers_mut().insert("preference-applied", value);
+        }
+    }
+    response
+}
+
+/// The `wait` preference among `Prefer` headers (RFC 7240), in seconds; other preferences are
+/// ignored. A bare `wait` means the longest wait; a value out of range is an error, not a default.
+fn requested_wait(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let invalid = || {
+        ApiError::BadRequest(format!(
+            "`Prefer: wait=N` takes N from 1 to {MAX_WAIT_SECS} seconds"
+        ))
+    };
+    for value in headers.get_all("prefer") {
+        let value = value.to_str().map_err(|_| invalid())?;
+        for preference in value.split(',') {
+            // Parameters after `;` do not apply to `wait`.
+            let preference = preference.split(';').next().unwrap_or_default().trim();
+            let (name, argument) = match preference.split_once('=') {
+                Some((name, argument)) => (name.trim(), Some(argument.trim().trim_matches('"'))),
+                None => (preference, None),
+            };
+            if !name.eq_ignore_ascii_case("wait") {
+                continue;
+            }
+            let Some(seconds) = argument else {
+                return Ok(Some(MAX_WAIT_SECS));
+            };
+            // Digits only: `u64::from_str` would also take a sign.
+            if !seconds.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            return match seconds.parse() {
+                Ok(seconds) if (1..=MAX_WAIT_SECS).contains(&seconds) => Ok(Some(seconds)),
+                _ => Err(invalid()),
+            };
+        }
+    }
+    Ok(None)
+}
+
+async fn events(
+    _: Authenticated,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let registration = state.changes.register(&id).ok_or(ApiError::Busy(
+        "too many requests are waiting on predictions; retry later",
+    ))?;
+    let watch = Watch {
+        store: state.store.clone(),
+        id,
+        registration,
+        last_sent: None,
+        phase: Phase::Watching,
+    };
+    let stream = futures_util::stream::unfold(watch, Watch::next_event);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// One event stream's progress. Dropping it (the client went away) drops the registration.
+struct Watch {
+    store: Store,
+    id: String,
+    registration: Registration,
+    last_sent: Option<String>,
+    phase: Phase,
+}
+
+enum Phase {
+    Watching,
+    /// The terminal state went out; `done` follows.
+    Terminal,
+    Finished,
+}
+
+impl Watch {
+    async fn next_event(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        match self.phase {
+            Phase::Finished => return None,
+            Phase::Terminal => {
+                self.phase = Phase::Finished;
+                let done = Event::default()
+                    .event("done")
+                    .data(serde_json::json!({"id": self.id}).to_string());
+                return Some((Ok(done), self));
+            }
+            Phase::Watching => {}
+        }
+        loop {
+            match self.store.prediction(&self.id).await {
+                Ok(Some(current)) if self.last_sent.as_deref() != Some(current.body.as_str()) => {
+                    if current.is_terminal() {
+                        self.phase = Phase::Terminal;
+                    }
+                    let event = Event::default()
+                        .event("prediction")
+                        .data(sse_data(&current.body));
+                    self.last_sent = Some(current.body);
+                    return Some((Ok(event), self));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    // Ending the stream is honest: a reconnecting client starts from the current state.
+                    tracing::warn!(%error, "event stream ended: cannot read the prediction");
+                    return None;
+                }
+            }
+            if !self.registration.changed().await {
+                return None;
+            }
+        }
+    }
+}
+
+/// SSE cannot carry a carriage return. In valid JSON a raw CR is only ever insignificant
+/// whitespace (inside strings it is escaped), so turning it into a newline changes nothing.
+fn sse_data(body: &str) -> Cow<'_, str> {
+    if body.contains('\r') {
+        Cow::Owned(body.replace("\r\n", "\n").replace('\r', "\n"))
+    } else {
+        Cow::Borrowed(body)
     }
 }
 

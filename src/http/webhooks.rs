@@ -9,17 +9,18 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tower_http::limit::RequestBodyLimitLayer;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Limits, timeout};
 use crate::ingest::ingest;
 use crate::store::Outcome;
 
-pub fn router(max_body_bytes: usize) -> Router<AppState> {
+pub fn router(limits: &Limits) -> Router<AppState> {
     Router::new()
         .route("/webhooks/replicate", post(receive))
+        .layer(timeout(limits.request_timeout))
         // tower-http's limit answers 413 from Content-Length before reading anything, and cuts off
         // a chunked body at the limit; axum's own smaller default must not apply on top.
         .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(max_body_bytes))
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
 }
 
 #[derive(Serialize)]

@@ -2,6 +2,7 @@
 //! the one the database must make atomically — whether a delivery's progress key is greater than
 //! the stored one (see `domain::Progress`).
 
+mod listen;
 mod predictions;
 
 use std::str::FromStr;
@@ -13,6 +14,7 @@ use time::OffsetDateTime;
 
 use crate::domain::{Prediction, Progress, WebhookId};
 
+pub use listen::ChangeListener;
 pub use predictions::{Direction, ListQuery, Page, Position, StoredPrediction};
 
 /// How long a request waits for a pooled connection before the database counts as unavailable.
@@ -61,9 +63,13 @@ pub struct NewDelivery<'a> {
     pub received_at: OffsetDateTime,
 }
 
+/// The channel on which a committed change of a prediction is announced; the payload is its id.
+const CHANGES_CHANNEL: &str = "prediction_inbox_changes";
+
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    options: PgConnectOptions,
 }
 
 impl Store {
@@ -75,9 +81,9 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(Self { pool })
+        Ok(Self { pool, options })
     }
 
     /// Applies pending migrations; safe to run from several replicas at once (sqlx takes a lock).
@@ -126,6 +132,15 @@ impl Store {
                 Ok(Outcome::Duplicate)
             }
             Some(applied) => {
+                if applied {
+                    // Delivered to listeners only when the transaction commits, so a woken waiter
+                    // always finds the new state.
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(CHANGES_CHANNEL)
+                        .bind(delivery.prediction.id.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 tx.commit().await?;
                 Ok(if applied {
                     Outcome::Applied

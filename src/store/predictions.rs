@@ -4,11 +4,13 @@ use sqlx::{FromRow, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
 use super::{Store, StoreError};
+use crate::domain::Status;
 
 /// A prediction's latest state: the body exactly as received, and its place in the list.
 #[derive(Debug, FromRow)]
 pub struct StoredPrediction {
     pub id: String,
+    pub status: Option<String>,
     pub created_at: OffsetDateTime,
     pub body: String,
 }
@@ -49,10 +51,18 @@ pub struct Page {
     pub has_newer: bool,
 }
 
+impl StoredPrediction {
+    pub fn is_terminal(&self) -> bool {
+        self.status
+            .as_deref()
+            .is_some_and(|status| Status::parse(status).is_terminal())
+    }
+}
+
 impl Store {
     pub async fn prediction(&self, id: &str) -> Result<Option<StoredPrediction>, StoreError> {
         let found = sqlx::query_as(
-            "SELECT id, created_at, body::text AS body FROM predictions WHERE id = $1",
+            "SELECT id, status, created_at, body::text AS body FROM predictions WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -63,7 +73,7 @@ impl Store {
     pub async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let direction = query.from.as_ref().map_or(Direction::Older, |(d, _)| *d);
         let mut sql = QueryBuilder::<Postgres>::new(
-            "SELECT id, created_at, body::text AS body FROM predictions WHERE true",
+            "SELECT id, status, created_at, body::text AS body FROM predictions WHERE true",
         );
         for (column, value) in [
             ("status", &query.status),

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prediction_inbox::changes::Changes;
 use prediction_inbox::config::{Settings, Source};
 use prediction_inbox::startup::Application;
 use prediction_inbox::verify::Secret;
@@ -100,10 +101,30 @@ impl Drop for TestDatabase {
 
 pub struct TestApp {
     pub address: String,
+    /// The waiters parked in this instance.
+    pub changes: Changes,
     pub client: reqwest::Client,
     pub db: TestDatabase,
     pub pool: PgPool,
     secret: Secret,
+}
+
+/// Another instance of the service, over the same database as a `TestApp`.
+pub struct Instance {
+    pub address: String,
+    pub changes: Changes,
+}
+
+async fn start(database_url: &str, overrides: &[(&str, &str)]) -> Instance {
+    let app = Application::build(settings(database_url, overrides))
+        .await
+        .expect("build the app");
+    let instance = Instance {
+        address: format!("http://{}", app.local_addr()),
+        changes: app.changes(),
+    };
+    tokio::spawn(app.run_until(std::future::pending()));
+    instance
 }
 
 /// Settings for a test instance; `overrides` replace or add keys.
@@ -129,14 +150,11 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let db = TestDatabase::create().await;
-    let app = Application::build(settings(&db.url, overrides))
-        .await
-        .expect("build the app");
-    let address = format!("http://{}", app.local_addr());
-    tokio::spawn(app.run_until(std::future::pending()));
+    let Instance { address, changes } = start(&db.url, overrides).await;
     let pool = db.pool().await;
     TestApp {
         address,
+        changes,
         client: reqwest::Client::new(),
         db,
         pool,
@@ -175,6 +193,19 @@ impl Delivery {
 }
 
 impl TestApp {
+    /// This instance, as an `Instance` like any other replica.
+    pub fn instance(&self) -> Instance {
+        Instance {
+            address: self.address.clone(),
+            changes: self.changes.clone(),
+        }
+    }
+
+    /// A second replica sharing this one's database.
+    pub async fn another_instance(&self) -> Instance {
+        start(&self.db.url, &[]).await
+    }
+
     pub fn signature(&self, delivery: &Delivery) -> String {
         self.secret.sign(
             &delivery.webhook_id,
@@ -267,4 +298,47 @@ pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
         "{problem}"
     );
     problem
+}
+
+/// Reads a `text/event-stream` answer event by event.
+pub struct EventStream {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl EventStream {
+    pub fn new(response: Response) -> Self {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Self {
+            body: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event's name and data (data lines joined by newlines), skipping keep-alive
+    /// comments; `None` when the server has closed the stream.
+    pub async fn next(&mut self) -> Option<(String, String)> {
+        use futures_util::StreamExt;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut event, mut data) = (None, Vec::new());
+                for line in block.lines() {
+                    if let Some(name) = line.strip_prefix("event:") {
+                        event = Some(name.trim().to_owned());
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        data.push(value.strip_prefix(' ').unwrap_or(value).to_owned());
+                    }
+                }
+                match event {
+                    Some(event) => return Some((event, data.join("\n"))),
+                    None => continue,
+                }
+            }
+            let chunk = self.body.next().await?.expect("the stream's bytes");
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8 events"));
+        }
+    }
 }
