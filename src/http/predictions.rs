@@ -7,7 +7,8 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -49,9 +50,9 @@ async fn get_one(
     _: Authenticated,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    WaitPreference(wait): WaitPreference,
 ) -> Result<Response, ApiError> {
-    let Some(wait) = requested_wait(&headers)? else {
+    let Some(wait) = wait else {
         return Ok(answer(state.store.prediction(&id).await?, None));
     };
     // Registered before the first read, so a change committed in between still wakes this wait.
@@ -61,7 +62,9 @@ async fn get_one(
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
-        let current = state.store.prediction(&id).await?;
+        // Boxed: a future is as large as its largest await point, and a parked waiter should not
+        // carry the query's state while it waits.
+        let current = Box::pin(state.store.prediction(&id)).await?;
         if current.as_ref().is_some_and(StoredPrediction::is_terminal) {
             return Ok(answer(current, Some(wait)));
         }
@@ -89,8 +92,20 @@ fn answer(found: Option<StoredPrediction>, wait_applied: Option<u64>) -> Respons
     response
 }
 
-/// The `wait` preference among `Prefer` headers (RFC 7240), in seconds; other preferences are
-/// ignored. A bare `wait` means the longest wait; a value out of range is an error, not a default.
+/// The `wait` preference among `Prefer` headers (RFC 7240), in seconds, read in place rather than
+/// copying every header into the waiting request.
+struct WaitPreference(Option<u64>);
+
+impl<S: Sync> FromRequestParts<S> for WaitPreference {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        requested_wait(&parts.headers).map(Self)
+    }
+}
+
+/// Other preferences are ignored. A bare `wait` means the longest wait; a value out of range is an
+/// error, not a default.
 fn requested_wait(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let invalid = || {
         ApiError::BadRequest(format!(

@@ -18,7 +18,7 @@ impl Store {
             .acquire_timeout(Duration::from_secs(5))
             .max_lifetime(None)
             .idle_timeout(None)
-            .connect_with(self.options.clone())
+            .connect_with((*self.pool.connect_options()).clone())
             .await?;
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANGES_CHANNEL).await?;

@@ -69,7 +69,6 @@ const CHANGES_CHANNEL: &str = "prediction_inbox_changes";
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
-    options: PgConnectOptions,
 }
 
 impl Store {
@@ -81,9 +80,9 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.clone())
+            .connect_with(options)
             .await?;
-        Ok(Self { pool, options })
+        Ok(Self { pool })
     }
 
     /// Applies pending migrations; safe to run from several replicas at once (sqlx takes a lock).
