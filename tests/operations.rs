@@ -67,3 +67,21 @@ async fn a_request_stuck_on_the_database_gets_503_within_the_timeout() {
     );
     assert_eq!(app.count("deliveries").await, 1);
 }
+
+#[tokio::test]
+async fn the_service_speaks_cleartext_http2_too() {
+    // Many parked waits are far cheaper multiplexed on a few HTTP/2 connections (docs/benchmarks.md).
+    let app = spawn_app().await;
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    app.deliver(&Delivery::new(prediction("p1", "succeeded", ""))).await;
+    let response = client
+        .get(format!("{}/v1/predictions/p1", app.address))
+        .bearer_auth(common::TOKEN)
+        .header("prefer", "wait=5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["preference-applied"], "wait=5");
+}
