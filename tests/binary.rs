@@ -166,17 +166,21 @@ impl Service {
 }
 
 async fn deliver(address: &str, body: &str) -> reqwest::Response {
+    deliver_as(address, body, &common::new_webhook_id()).await
+}
+
+async fn deliver_as(address: &str, body: &str, id: &str) -> reqwest::Response {
     let secret: prediction_inbox::verify::Secret = SECRET.parse().unwrap();
-    let id = common::new_webhook_id();
     let timestamp = now();
     reqwest::Client::new()
         .post(format!("{address}/webhooks/replicate"))
-        .header("webhook-id", &id)
+        .header("webhook-id", id)
         .header("webhook-timestamp", timestamp.to_string())
         .header(
             "webhook-signature",
-            secret.sign(&id, timestamp, body.as_bytes()),
+            secret.sign(id, timestamp, body.as_bytes()),
         )
+        .header("x-request-id", format!("req-{id}"))
         .body(body.to_owned())
         .send()
         .await
@@ -319,4 +323,29 @@ async fn sigterm_ends_waits_and_event_streams_at_once() {
         started.elapsed() < Duration::from_secs(10),
         "shutdown waited on the waiters"
     );
+}
+
+#[tokio::test]
+async fn each_delivery_logs_one_json_line_with_its_outcome_ids_and_request_id() {
+    let db = TestDatabase::create().await;
+    let mut service = Service::start(&db.url);
+    let body = prediction("p1", "succeeded", "");
+    assert_eq!(
+        deliver_as(&service.address, &body, "msg_logged")
+            .await
+            .status(),
+        200
+    );
+    let line: Value = serde_json::from_str(&service.wait_for("msg_logged")).unwrap();
+    assert_eq!(line["message"], "delivery");
+    assert_eq!(line["outcome"], "applied");
+    assert_eq!(line["prediction_id"], "p1");
+    assert_eq!(line["webhook_id"], "msg_logged");
+    assert_eq!(line["span"]["request_id"], "req-msg_logged");
+    assert!(
+        !line.to_string().contains("Alice"),
+        "the body reached the log"
+    );
+    service.signal("-TERM");
+    assert_eq!(service.exit_code().0, Some(0));
 }

@@ -72,8 +72,12 @@ async fn a_request_stuck_on_the_database_gets_503_within_the_timeout() {
 async fn the_service_speaks_cleartext_http2_too() {
     // Many parked waits are far cheaper multiplexed on a few HTTP/2 connections (docs/benchmarks.md).
     let app = spawn_app().await;
-    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    app.deliver(&Delivery::new(prediction("p1", "succeeded", ""))).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    app.deliver(&Delivery::new(prediction("p1", "succeeded", "")))
+        .await;
     let response = client
         .get(format!("{}/v1/predictions/p1", app.address))
         .bearer_auth(common::TOKEN)
@@ -84,4 +88,32 @@ async fn the_service_speaks_cleartext_http2_too() {
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["preference-applied"], "wait=5");
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_and_keeps_the_callers() {
+    let app = spawn_app().await;
+    let kept = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .header("x-request-id", "caller-chose-this")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.headers()["x-request-id"], "caller-chose-this");
+    // Made when absent, on errors the framework answers too.
+    for response in [
+        app.client
+            .get(format!("{}/healthz", app.address))
+            .send()
+            .await
+            .unwrap(),
+        app.get("/nowhere").await,
+    ] {
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(id.len(), 36, "{id}");
+    }
 }

@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
 use axum::middleware::map_response;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -70,9 +72,28 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(map_response(error::problem_for_bare_errors))
-                .layer(TraceLayer::new_for_http())
+                // A caller's `x-request-id` is kept; otherwise one is made. It goes back in the
+                // answer and into the span every log line of the request is written in.
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
                 .layer(CatchPanicLayer::new()),
         )
+}
+
+fn request_span(request: &Request<Body>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    // The path, never the query or headers: those may carry cursors or credentials.
+    tracing::info_span!(
+        "request",
+        request_id,
+        method = %request.method(),
+        path = request.uri().path(),
+    )
 }
 
 /// The bound on a route's whole answer; each route sets its own, since a wait or a stream is
