@@ -1,9 +1,12 @@
 //! From a verified delivery to a durable fact: read the prediction out of the body, place it in
 //! the latest-state order, and record it. Runs only on bodies whose signature has been checked.
 
+use std::time::Instant;
+
 use time::OffsetDateTime;
 
 use crate::domain::{InvalidPrediction, Prediction, Progress};
+use crate::metrics;
 use crate::store::{NewDelivery, Outcome, Store, StoreError};
 use crate::verify::Verified;
 
@@ -21,6 +24,7 @@ pub async fn ingest(
     verified: &Verified,
     body: &[u8],
 ) -> Result<Outcome, IngestError> {
+    let started = Instant::now();
     let prediction = Prediction::parse(body)?;
     // `Prediction::parse` accepted the whole body as JSON, which is UTF-8 by definition.
     let body = std::str::from_utf8(body).map_err(|_| InvalidPrediction::NotAnObject)?;
@@ -29,7 +33,7 @@ pub async fn ingest(
         prediction.logs_len,
         verified.timestamp,
     );
-    let outcome = store
+    let recorded = store
         .record(&NewDelivery {
             webhook_id: &verified.webhook_id,
             webhook_timestamp: verified.timestamp,
@@ -38,7 +42,16 @@ pub async fn ingest(
             body,
             received_at: OffsetDateTime::now_utc(),
         })
-        .await?;
+        .await;
+    let outcome = match recorded {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            metrics::delivery("error");
+            return Err(error.into());
+        }
+    };
+    metrics::ingest_duration(started.elapsed());
+    metrics::delivery(outcome.as_str());
     tracing::info!(
         prediction_id = %prediction.id,
         webhook_id = %verified.webhook_id,

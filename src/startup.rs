@@ -35,6 +35,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        // Before anything is counted: metrics recorded with no recorder installed are lost.
+        crate::metrics::handle();
         let store =
             Store::connect(settings.database_url.expose(), settings.database_pool_size).await?;
         store.migrate().await?;

@@ -22,6 +22,15 @@ pub enum Status {
 }
 
 impl Status {
+    /// The statuses the platform documents; anything else is kept but counted as "other".
+    pub const KNOWN: [&'static str; 6] = [
+        "starting",
+        "processing",
+        "succeeded",
+        "failed",
+        "canceled",
+        "aborted",
+    ];
     pub const UNKNOWN_RANK: i16 = 1;
     pub const TERMINAL_RANK: i16 = 2;
 

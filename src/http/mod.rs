@@ -5,16 +5,21 @@
 mod auth;
 mod error;
 mod health;
+mod metrics;
 mod predictions;
 mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::time::Instant;
+
 use axum::Router;
 use axum::body::Body;
+use axum::extract::MatchedPath;
 use axum::http::{Request, StatusCode};
-use axum::middleware::map_response;
+use axum::middleware::{Next, from_fn, map_response};
+use axum::response::Response;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -34,6 +39,7 @@ pub struct AppState {
     changes: Changes,
     verifier: Arc<Verifier>,
     tokens: Arc<ApiTokens>,
+    last_count: metrics::LastCount,
     /// Base of the absolute URLs the service hands out (`next`, `previous`); from the request's
     /// `Host` when unset.
     public_url: Option<Arc<str>>,
@@ -52,6 +58,7 @@ impl AppState {
             changes,
             verifier: Arc::new(verifier),
             tokens: Arc::new(tokens),
+            last_count: metrics::LastCount::default(),
             public_url: public_url.map(|url| url.trim_end_matches('/').into()),
         }
     }
@@ -67,7 +74,18 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .merge(webhooks::router(limits))
         .merge(predictions::router(limits))
         .merge(health::router(limits))
-        .fallback(|| async { ApiError::NotFound("there is no such route".into()) })
+        .merge(metrics::router(limits))
+        // Inside routing, so the route label is the matched template, never the raw path.
+        .route_layer(from_fn(count_request))
+        .fallback(|request: Request<Body>| async move {
+            crate::metrics::http_request(
+                "unmatched",
+                request.method().as_str(),
+                404,
+                Default::default(),
+            );
+            ApiError::NotFound("there is no such route".into())
+        })
         .with_state(state)
         .layer(
             ServiceBuilder::new()
@@ -79,6 +97,23 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
                 .layer(CatchPanicLayer::new()),
         )
+}
+
+async fn count_request(request: Request<Body>, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    crate::metrics::http_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 fn request_span(request: &Request<Body>) -> tracing::Span {

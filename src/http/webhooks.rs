@@ -2,7 +2,9 @@
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::map_response;
+use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -10,8 +12,10 @@ use time::OffsetDateTime;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use super::{ApiError, AppState, Limits, timeout};
-use crate::ingest::ingest;
+use crate::ingest::{IngestError, ingest};
+use crate::metrics::{self, RejectReason};
 use crate::store::Outcome;
+use crate::verify::Rejection;
 
 pub fn router(limits: &Limits) -> Router<AppState> {
     Router::new()
@@ -21,6 +25,15 @@ pub fn router(limits: &Limits) -> Router<AppState> {
         // a chunked body at the limit; axum's own smaller default must not apply on top.
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        // Outside the limit, which answers 413 before the handler ever runs.
+        .layer(map_response(count_too_large))
+}
+
+async fn count_too_large(response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        metrics::rejected(RejectReason::TooLarge);
+    }
+    response
 }
 
 #[derive(Serialize)]
@@ -37,7 +50,23 @@ async fn receive(
     let verified = state
         .verifier
         .verify(&headers, &body, now)
-        .inspect_err(|rejection| tracing::warn!(%rejection, "delivery rejected"))?;
-    let status = ingest(&state.store, &verified, &body).await?;
+        .inspect_err(|rejection| {
+            tracing::warn!(%rejection, "delivery rejected");
+            metrics::rejected(match rejection {
+                Rejection::OutsideTolerance(_) => RejectReason::Timestamp,
+                Rejection::NoMatchingSignature => RejectReason::Signature,
+                Rejection::MissingHeader(_)
+                | Rejection::MalformedHeader(_)
+                | Rejection::InvalidId(_) => RejectReason::Headers,
+            });
+        })?;
+    let status = ingest(&state.store, &verified, &body)
+        .await
+        .inspect_err(|error| {
+            if let IngestError::Invalid(invalid) = error {
+                tracing::warn!(%invalid, webhook_id = %verified.webhook_id, "delivery rejected");
+                metrics::rejected(RejectReason::Body);
+            }
+        })?;
     Ok(Json(Receipt { status }))
 }

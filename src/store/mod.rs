@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 
-use crate::domain::{Prediction, Progress, WebhookId};
+use crate::domain::{Prediction, Progress, Status, WebhookId};
 
 pub use listen::ChangeListener;
 pub use predictions::{Direction, ListQuery, Page, Position, StoredPrediction};
@@ -94,6 +94,24 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Connections of the pool in use and idle.
+    pub fn pool_status(&self) -> (u32, usize) {
+        let idle = self.pool.num_idle();
+        (self.pool.size().saturating_sub(idle as u32), idle)
+    }
+
+    /// How many predictions have each documented status, and how many some other (or none).
+    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let counts = sqlx::query_as(
+            "SELECT CASE WHEN status = ANY($1) THEN status ELSE 'other' END, count(*) \
+             FROM predictions GROUP BY 1",
+        )
+        .bind(&Status::KNOWN[..])
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(counts)
     }
 
     pub async fn close(&self) {

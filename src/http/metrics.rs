@@ -1,0 +1,76 @@
+//! `GET /metrics`: Prometheus text. Gauges of this process are read at scrape time; the count of
+//! predictions by status is a query, so it is refreshed at most every `COUNT_EVERY`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::{AppState, Limits, timeout};
+use crate::domain::Status;
+use crate::metrics;
+
+const COUNT_EVERY: Duration = Duration::from_secs(15);
+const COUNT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// When predictions were last counted, shared by the scrapes of one process.
+#[derive(Clone, Default)]
+pub struct LastCount(Arc<Mutex<Option<Instant>>>);
+
+impl LastCount {
+    /// Claims the next count if the last is older than `COUNT_EVERY`, so concurrent scrapes
+    /// start one query, not one each.
+    fn claim(&self) -> bool {
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let due = last.is_none_or(|at| at.elapsed() >= COUNT_EVERY);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+}
+
+pub fn router(limits: &Limits) -> Router<AppState> {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .layer(timeout(limits.request_timeout))
+}
+
+async fn scrape(State(state): State<AppState>) -> Response {
+    metrics::waiters(state.changes.count());
+    let (in_use, idle) = state.store.pool_status();
+    metrics::pool(in_use, idle);
+    if state.last_count.claim() {
+        match tokio::time::timeout(COUNT_TIMEOUT, state.store.count_by_status()).await {
+            Ok(Ok(counts)) => {
+                for status in Status::KNOWN.into_iter().chain(["other"]) {
+                    let count = counts
+                        .iter()
+                        .find(|(s, _)| s == status)
+                        .map_or(0, |(_, n)| *n);
+                    metrics::predictions(status, count);
+                }
+            }
+            // The last figures stay; the next due scrape tries again.
+            Ok(Err(error)) => tracing::warn!(%error, "cannot count predictions"),
+            Err(_) => tracing::warn!("counting predictions took too long"),
+        }
+    }
+    let handle = metrics::handle();
+    handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        handle.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,135 @@
+//! Prometheus metrics: the names, their help, and the one process-wide recorder. Every label value
+//! comes from a fixed set (outcomes, reasons, route templates, methods, known statuses), never from
+//! input, so no series can multiply without bound.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const DELIVERIES: &str = "inbox_deliveries_total";
+pub const INGEST_DURATION: &str = "inbox_ingest_duration_seconds";
+pub const HTTP_REQUESTS: &str = "inbox_http_requests_total";
+pub const HTTP_DURATION: &str = "inbox_http_request_duration_seconds";
+pub const WAITERS: &str = "inbox_waiters";
+pub const POOL_CONNECTIONS: &str = "inbox_db_pool_connections";
+pub const PREDICTIONS: &str = "inbox_predictions";
+
+/// Seconds; from well under a millisecond (an ingest) to a full `Prefer: wait`.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Why a delivery was refused, as the `reason` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Missing or malformed webhook headers.
+    Headers,
+    /// `webhook-timestamp` outside the tolerance.
+    Timestamp,
+    /// No signature matches.
+    Signature,
+    /// Verified, but not a prediction object.
+    Body,
+    /// Over `INBOX_MAX_BODY_BYTES`.
+    TooLarge,
+}
+
+impl RejectReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Headers => "headers",
+            Self::Timestamp => "timestamp",
+            Self::Signature => "signature",
+            Self::Body => "body",
+            Self::TooLarge => "too_large",
+        }
+    }
+}
+
+/// The recorder, installed on first use; later calls (more app instances in one test process)
+/// share it.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        // Only fails if another recorder is installed, in which case ours just stays empty.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!(
+        DELIVERIES,
+        "Deliveries received, by outcome (applied, ignored, duplicate, rejected with a reason, error)"
+    );
+    describe_histogram!(
+        INGEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time to parse and durably record a verified delivery"
+    );
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route, method and status"
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        metrics::Unit::Seconds,
+        "Time to answer an HTTP request, by route (waits included)"
+    );
+    describe_gauge!(
+        WAITERS,
+        "Requests parked waiting on a prediction (Prefer: wait and event streams) in this process"
+    );
+    describe_gauge!(
+        POOL_CONNECTIONS,
+        "Database connections of this process's pool, by state (in_use, idle)"
+    );
+    describe_gauge!(
+        PREDICTIONS,
+        "Predictions stored, by status (unknown statuses count as other); refreshed at most every 15 s"
+    );
+}
+
+/// A delivery's outcome: `applied`, `ignored`, `duplicate`, or `error` when it could not be stored.
+pub fn delivery(outcome: &'static str) {
+    counter!(DELIVERIES, "outcome" => outcome).increment(1);
+}
+
+pub fn rejected(reason: RejectReason) {
+    counter!(DELIVERIES, "outcome" => "rejected", "reason" => reason.label()).increment(1);
+}
+
+pub fn ingest_duration(elapsed: Duration) {
+    histogram!(INGEST_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
+    let method = match method {
+        "GET" | "POST" | "HEAD" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => method.to_owned(),
+        _ => "other".to_owned(),
+    };
+    counter!(HTTP_REQUESTS, "route" => route.to_owned(), "method" => method, "status" => status.to_string()).increment(1);
+    histogram!(HTTP_DURATION, "route" => route.to_owned()).record(elapsed.as_secs_f64());
+}
+
+pub fn waiters(count: usize) {
+    gauge!(WAITERS).set(count as f64);
+}
+
+pub fn pool(in_use: u32, idle: usize) {
+    gauge!(POOL_CONNECTIONS, "state" => "in_use").set(f64::from(in_use));
+    gauge!(POOL_CONNECTIONS, "state" => "idle").set(idle as f64);
+}
+
+pub fn predictions(status: &'static str, count: i64) {
+    gauge!(PREDICTIONS, "status" => status).set(count as f64);
+}

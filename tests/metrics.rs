@@ -1,0 +1,199 @@
+//! `GET /metrics`. One test in its own process: the recorder is process-wide, so counts are exact.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Delivery, TOKEN, now, prediction, spawn_app_with};
+
+/// `(name, labels) -> value` for every sample line of a Prometheus text answer.
+fn samples(text: &str) -> Vec<(String, HashMap<String, String>, f64)> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').unwrap();
+                    (key.to_owned(), value.trim_matches('"').to_owned())
+                })
+                .collect();
+            (name.to_owned(), labels, value.parse().unwrap())
+        })
+        .collect()
+}
+
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(text)
+        .into_iter()
+        .find(|(n, l, _)| {
+            n == name
+                && l.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, value)| value)
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?} in\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_count_what_the_service_does() {
+    let app = spawn_app_with(&[("INBOX_MAX_BODY_BYTES", "2000")]).await;
+    let url = format!("{}/webhooks/replicate", app.address);
+    let t = now();
+
+    let succeeded = Delivery::at(t, prediction("p1", "succeeded", ""));
+    assert_eq!(app.deliver(&succeeded).await, "applied");
+    assert_eq!(app.deliver(&succeeded).await, "duplicate");
+    assert_eq!(
+        app.deliver(&Delivery::at(t, prediction("p1", "processing", "x")))
+            .await,
+        "ignored"
+    );
+    assert_eq!(
+        app.deliver(&Delivery::at(t, r#"{"id":"p2","status":"brand-new"}"#))
+            .await,
+        "applied"
+    );
+    // One rejection of each kind.
+    let mut forged = Delivery::new(prediction("p3", "starting", ""));
+    let signature = app.signature(&forged);
+    forged.body.push(' ');
+    let forged = app
+        .client
+        .post(&url)
+        .header("webhook-id", &forged.webhook_id)
+        .header("webhook-timestamp", forged.timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(forged.body.clone());
+    assert_eq!(forged.send().await.unwrap().status(), 401);
+    assert_eq!(
+        app.client
+            .post(&url)
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        app.send(&Delivery::at(t - 3600, prediction("p3", "starting", "")))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(app.send(&Delivery::new("[]")).await.status(), 400);
+    assert_eq!(
+        app.send(&Delivery::new(prediction(
+            "p3",
+            "starting",
+            &"x".repeat(3000)
+        )))
+        .await
+        .status(),
+        413
+    );
+
+    // A parked waiter shows in the gauge.
+    let waiting = app
+        .client
+        .get(format!("{}/v1/predictions/p9", app.address))
+        .bearer_auth(TOKEN)
+        .header("prefer", "wait=3")
+        .send();
+    let scrape = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        app.client
+            .get(format!("{}/metrics", app.address))
+            .send()
+            .await
+            .unwrap()
+    };
+    let (_, response) = tokio::join!(waiting, scrape);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+
+    let deliveries = "inbox_deliveries_total";
+    assert_eq!(value(&text, deliveries, &[("outcome", "applied")]), 2.0);
+    assert_eq!(value(&text, deliveries, &[("outcome", "duplicate")]), 1.0);
+    assert_eq!(value(&text, deliveries, &[("outcome", "ignored")]), 1.0);
+    for reason in ["signature", "headers", "timestamp", "body", "too_large"] {
+        assert_eq!(
+            value(
+                &text,
+                deliveries,
+                &[("outcome", "rejected"), ("reason", reason)]
+            ),
+            1.0,
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        value(&text, "inbox_ingest_duration_seconds_count", &[]),
+        4.0
+    );
+    assert_eq!(value(&text, "inbox_waiters", &[]), 1.0);
+    assert!(value(&text, "inbox_db_pool_connections", &[("state", "idle")]) >= 0.0);
+    assert_eq!(
+        value(&text, "inbox_predictions", &[("status", "succeeded")]),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "inbox_predictions", &[("status", "other")]),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "inbox_predictions", &[("status", "starting")]),
+        0.0
+    );
+    let requests = "inbox_http_requests_total";
+    assert_eq!(
+        value(
+            &text,
+            requests,
+            &[
+                ("route", "/webhooks/replicate"),
+                ("method", "POST"),
+                ("status", "200")
+            ]
+        ),
+        4.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            requests,
+            &[
+                ("route", "/webhooks/replicate"),
+                ("method", "POST"),
+                ("status", "401")
+            ]
+        ),
+        3.0
+    );
+    assert!(text.contains("# TYPE inbox_http_request_duration_seconds histogram"));
+    assert!(text.contains("# HELP inbox_deliveries_total"));
+
+    // No label ever carries a value from input: not an id, a model, or an unknown status.
+    let from_input = ["p1", "p2", "p3", "p9", "replicate/hello-world", "brand-new"];
+    for (name, labels, _) in samples(&text) {
+        for value in labels.values() {
+            assert!(
+                !from_input.contains(&value.as_str()),
+                "{name} has label value {value}"
+            );
+        }
+    }
+}
