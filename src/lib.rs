@@ -11,6 +11,7 @@ pub mod domain;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod sample;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

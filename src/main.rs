@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use prediction_inbox::config::{self, Settings, Source};
+use prediction_inbox::sample;
 use prediction_inbox::startup::{self, Application};
 use prediction_inbox::telemetry;
 use prediction_inbox::verify::Secret;
@@ -37,6 +38,20 @@ enum Command {
         timestamp: Option<i64>,
         file: PathBuf,
     },
+    /// POST a signed sample delivery to URL and report the answer.
+    SendTest {
+        /// The receiver, e.g. http://localhost:8080/webhooks/replicate
+        url: String,
+        /// The signing secret, `whsec_…`.
+        #[arg(long, env = "INBOX_SIGN_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The sample prediction's status.
+        #[arg(long, default_value = "succeeded", conflicts_with = "sequence")]
+        status: String,
+        /// Send a whole life instead: starting, processing, succeeded, one delivery each.
+        #[arg(long)]
+        sequence: bool,
+    },
 }
 
 /// Exit code for missing or malformed settings and arguments, as clap uses for usage errors.
@@ -45,14 +60,29 @@ const BAD_SETTINGS: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
-    if let Command::Sign {
-        secret,
-        id,
-        timestamp,
-        file,
-    } = command
-    {
-        return sign(&secret, id, timestamp, &file);
+    match command {
+        Command::Sign {
+            secret,
+            id,
+            timestamp,
+            file,
+        } => return sign(&secret, id, timestamp, &file),
+        Command::SendTest {
+            url,
+            secret,
+            status,
+            sequence,
+        } => {
+            let statuses = if sequence {
+                ["starting", "processing", "succeeded"]
+                    .map(String::from)
+                    .to_vec()
+            } else {
+                vec![status]
+            };
+            return send_test(&url, &secret, &statuses);
+        }
+        Command::Serve | Command::Migrate => {}
     }
 
     let (file, required) = match cli.config {
@@ -103,13 +133,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// The `--secret` argument, reported without echoing it.
+fn parse_secret(secret: &str) -> Result<Secret, ExitCode> {
+    secret.parse().map_err(|error| {
+        eprintln!("prediction-inbox: --secret {error}");
+        ExitCode::from(BAD_SETTINGS)
+    })
+}
+
 fn sign(secret: &str, id: Option<String>, timestamp: Option<i64>, file: &PathBuf) -> ExitCode {
-    let secret: Secret = match secret.parse() {
+    let secret = match parse_secret(secret) {
         Ok(secret) => secret,
-        Err(error) => {
-            eprintln!("prediction-inbox: --secret {error}");
-            return ExitCode::from(BAD_SETTINGS);
-        }
+        Err(code) => return code,
     };
     let body = match std::fs::read(file) {
         Ok(body) => body,
@@ -118,7 +153,7 @@ fn sign(secret: &str, id: Option<String>, timestamp: Option<i64>, file: &PathBuf
             return ExitCode::FAILURE;
         }
     };
-    let id = id.unwrap_or_else(message_id);
+    let id = id.unwrap_or_else(sample::message_id);
     let timestamp = timestamp.unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
     println!("webhook-id: {id}");
     println!("webhook-timestamp: {timestamp}");
@@ -126,18 +161,49 @@ fn sign(secret: &str, id: Option<String>, timestamp: Option<i64>, file: &PathBuf
     ExitCode::SUCCESS
 }
 
-/// A `msg_` id with 128 random bits, like the platform's.
-fn message_id() -> String {
-    use base64::Engine;
-    let mut bytes = [0u8; 16];
-    // Without randomness, fall back to the clock: the id need only be unique, not secret.
-    if getrandom::getrandom(&mut bytes).is_err() {
-        bytes = time::OffsetDateTime::now_utc()
-            .unix_timestamp_nanos()
-            .to_le_bytes();
-    }
-    format!(
-        "msg_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+/// Sends one sample delivery per status, for one fresh prediction, and prints each answer;
+/// exits 0 only if every answer was a 2xx.
+fn send_test(url: &str, secret: &str, statuses: &[String]) -> ExitCode {
+    let secret = match parse_secret(secret) {
+        Ok(secret) => secret,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("prediction-inbox: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let id = sample::prediction_id();
+    println!("prediction {id}");
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut all_accepted = true;
+        for status in statuses {
+            match sample::send(&client, url, &secret, sample::prediction(&id, status)).await {
+                Ok(answer) => {
+                    println!(
+                        "{status:<10} {} -> {} {}",
+                        answer.webhook_id,
+                        answer.status,
+                        answer.body.trim()
+                    );
+                    all_accepted &= (200..300).contains(&answer.status);
+                }
+                Err(error) => {
+                    println!("{status:<10} -> no answer: {error}");
+                    all_accepted = false;
+                }
+            }
+        }
+        if all_accepted {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
 }

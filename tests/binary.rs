@@ -349,3 +349,53 @@ async fn each_delivery_logs_one_json_line_with_its_outcome_ids_and_request_id() 
     service.signal("-TERM");
     assert_eq!(service.exit_code().0, Some(0));
 }
+
+/// Runs the binary without blocking the runtime that serves the app it talks to.
+async fn run(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || command(&[]).args(args).output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn send_test_delivers_a_whole_signed_life_and_reports_each_answer() {
+    let app = common::spawn_app().await;
+    let url = format!("{}/webhooks/replicate", app.address);
+    let output = run(vec![
+        "send-test".into(),
+        url.clone(),
+        "--secret".into(),
+        SECRET.into(),
+        "--sequence".into(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let id = lines[0].strip_prefix("prediction ").unwrap();
+    for (line, status) in lines[1..]
+        .iter()
+        .zip(["starting", "processing", "succeeded"])
+    {
+        assert!(
+            line.starts_with(status) && line.contains(r#"200 {"status":"applied"}"#),
+            "{line}"
+        );
+    }
+    let stored: Value = serde_json::from_str(&app.prediction(id).await.unwrap()).unwrap();
+    assert_eq!(stored["status"], "succeeded");
+
+    // Signed with another secret, the receiver's 401 is reported and the exit code says so.
+    let other = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let output = run(vec![
+        "send-test".into(),
+        url,
+        "--secret".into(),
+        other.into(),
+        "--status".into(),
+        "failed".into(),
+    ])
+    .await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("-> 401"));
+}
