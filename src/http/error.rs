@@ -68,10 +68,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem {
+/// An error answer (RFC 9457), shaped like the platform's own.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// The status's reason phrase.
     title: &'static str,
     status: u16,
+    /// What went wrong, for a person.
     detail: String,
 }
 

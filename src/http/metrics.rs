@@ -4,11 +4,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{AppState, Limits, timeout};
 use crate::domain::Status;
@@ -37,12 +37,16 @@ impl LastCount {
     }
 }
 
-pub fn router(limits: &Limits) -> Router<AppState> {
-    Router::new()
-        .route("/metrics", get(scrape))
+pub fn router(limits: &Limits) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(scrape))
         .layer(timeout(limits.request_timeout))
 }
 
+/// Prometheus metrics of this process (README, "Operating it", lists them).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 async fn scrape(State(state): State<AppState>) -> Response {
     metrics::waiters(state.changes.count());
     let (in_use, idle) = state.store.pool_status();

@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod health;
 mod metrics;
+mod openapi;
 mod predictions;
 mod webhooks;
 
@@ -14,12 +15,12 @@ use std::time::Duration;
 
 use std::time::Instant;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::MatchedPath;
 use axum::http::{Request, StatusCode};
 use axum::middleware::{Next, from_fn, map_response};
 use axum::response::Response;
+use axum::{Extension, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -70,11 +71,13 @@ pub struct Limits {
 }
 
 pub fn router(state: AppState, limits: &Limits) -> Router {
-    Router::new()
+    let (router, description) = openapi::router()
         .merge(webhooks::router(limits))
         .merge(predictions::router(limits))
         .merge(health::router(limits))
         .merge(metrics::router(limits))
+        .split_for_parts();
+    router
         // Inside routing, so the route label is the matched template, never the raw path.
         .route_layer(from_fn(count_request))
         .fallback(|request: Request<Body>| async move {
@@ -87,6 +90,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
             ApiError::NotFound("there is no such route".into())
         })
         .with_state(state)
+        .layer(Extension(openapi::Description::new(&description)))
         .layer(
             ServiceBuilder::new()
                 .layer(map_response(error::problem_for_bare_errors))

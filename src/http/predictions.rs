@@ -6,21 +6,23 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as CURSOR_BASE64;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::Authenticated;
+use super::error::Problem;
 use super::{ApiError, AppState, Limits, timeout};
 use crate::changes::Registration;
 use crate::store::{Direction, ListQuery, Page, Position, Store, StoredPrediction};
@@ -31,21 +33,86 @@ const MAX_LIMIT: u32 = 1000;
 const MAX_WAIT_SECS: u64 = 60;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-pub fn router(limits: &Limits) -> Router<AppState> {
+pub fn router(limits: &Limits) -> OpenApiRouter<AppState> {
     let max_wait = Duration::from_secs(MAX_WAIT_SECS);
-    Router::new()
-        .route(
-            "/v1/predictions",
-            get(list).layer(timeout(limits.request_timeout)),
+    OpenApiRouter::new()
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(list))
+                .layer(timeout(limits.request_timeout)),
         )
-        .route(
-            "/v1/predictions/{id}",
-            get(get_one).layer(timeout(limits.request_timeout + max_wait)),
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(get_one))
+                .layer(timeout(limits.request_timeout + max_wait)),
         )
         // A stream lasts until its prediction ends; only its database reads are bounded.
-        .route("/v1/predictions/{id}/events", get(events))
+        .routes(routes!(events))
 }
 
+/// A prediction object as the platform sends it. Only `id` is required here; every field the
+/// platform sends, including ones added after this was written, is stored and returned as is.
+#[derive(ToSchema)]
+#[schema(as = Prediction)]
+#[allow(dead_code)] // describes JSON the service passes through, never builds
+pub struct PredictionObject {
+    id: String,
+    /// `starting`, `processing`, `succeeded`, `failed`, `canceled`, `aborted`, or a value added later
+    status: Option<String>,
+    model: Option<String>,
+    version: Option<String>,
+    #[schema(value_type = Object)]
+    input: Option<serde_json::Value>,
+    /// Any JSON; often null until the prediction succeeds
+    #[schema(value_type = Object)]
+    output: Option<serde_json::Value>,
+    logs: Option<String>,
+    error: Option<String>,
+    data_removed: Option<bool>,
+    /// RFC 3339
+    created_at: Option<String>,
+    started_at: Option<String>,
+    completed_at: Option<String>,
+    /// `get`, `cancel`, `web`, and `stream` for streaming models
+    #[schema(value_type = Object)]
+    urls: Option<serde_json::Value>,
+    #[schema(value_type = Object)]
+    metrics: Option<serde_json::Value>,
+}
+
+/// A page of the list, like the platform's own.
+#[derive(ToSchema)]
+#[allow(dead_code)] // assembled from stored bodies in `list_body`, documented here
+pub struct PredictionList {
+    /// The page before this one (newer predictions), to follow as is
+    previous: Option<String>,
+    /// The page after this one (older predictions), to follow as is
+    next: Option<String>,
+    results: Vec<PredictionObject>,
+}
+
+const PROBLEM: &str = "application/problem+json";
+
+/// The latest state of one prediction, exactly as the platform sent it; with `Prefer: wait`, held
+/// until it finishes or the wait runs out.
+#[utoipa::path(
+    get,
+    path = "/v1/predictions/{id}",
+    tag = "predictions",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The prediction's id"),
+        ("Prefer" = Option<String>, Header, description = "`wait` (60 s) or `wait=N` (1..60): hold the request until the prediction is terminal or N seconds pass"),
+    ),
+    responses(
+        (status = 200, description = "The prediction", body = PredictionObject,
+            headers(("Preference-Applied" = String, description = "`wait=N` when a wait was asked for; `wait=0` when too many requests were already waiting"))),
+        (status = 400, description = "A malformed `Prefer: wait`", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "Never received (after the wait, if one was asked for)", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = PROBLEM),
+    ),
+)]
 async fn get_one(
     _: Authenticated,
     State(state): State<AppState>,
@@ -140,6 +207,20 @@ fn requested_wait(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     Ok(None)
 }
 
+/// Server-sent events for one prediction: its current state, each advance, then `done`.
+#[utoipa::path(
+    get,
+    path = "/v1/predictions/{id}/events",
+    tag = "predictions",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The prediction's id; it need not have arrived yet")),
+    responses(
+        (status = 200, description = "`event: prediction` with the whole object, first the current state (if any) and then each advance; then `event: done` and the stream closes. A comment every 15 s keeps it alive.",
+            body = String, content_type = "text/event-stream"),
+        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Too many requests are waiting on predictions", body = Problem, content_type = PROBLEM),
+    ),
+)]
 async fn events(
     _: Authenticated,
     State(state): State<AppState>,
@@ -225,24 +306,46 @@ fn sse_data(body: &str) -> Cow<'_, str> {
 }
 
 /// The list's query string. Everything arrives as text so that each bad value gets its own message.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Only predictions with this status
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<String>,
+    /// Only predictions of this model, `owner/name`
     #[serde(skip_serializing_if = "Option::is_none")]
     model: Option<String>,
+    /// Only predictions of this model version
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<String>,
+    /// Only predictions created after this time, RFC 3339
     #[serde(skip_serializing_if = "Option::is_none")]
     created_after: Option<String>,
+    /// Only predictions created before this time, RFC 3339
     #[serde(skip_serializing_if = "Option::is_none")]
     created_before: Option<String>,
+    /// Page size, 1 to 1000; 100 by default
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<String>,
+    /// Opaque; part of the `next` and `previous` URLs
     #[serde(skip_serializing_if = "Option::is_none")]
     cursor: Option<String>,
 }
 
+/// Predictions, newest first by `created_at` then `id`, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/predictions",
+    tag = "predictions",
+    security(("bearer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page", body = PredictionList),
+        (status = 400, description = "A malformed filter, limit or cursor", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = PROBLEM),
+    ),
+)]
 async fn list(
     _: Authenticated,
     State(state): State<AppState>,

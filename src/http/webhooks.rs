@@ -1,25 +1,28 @@
 //! `POST /webhooks/replicate`: one delivery in, acknowledged only once it is durably recorded.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::map_response;
 use axum::response::Response;
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::Serialize;
 use time::OffsetDateTime;
 use tower_http::limit::RequestBodyLimitLayer;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::error::Problem;
 use super::{ApiError, AppState, Limits, timeout};
 use crate::ingest::{IngestError, ingest};
 use crate::metrics::{self, RejectReason};
 use crate::store::Outcome;
 use crate::verify::Rejection;
 
-pub fn router(limits: &Limits) -> Router<AppState> {
-    Router::new()
-        .route("/webhooks/replicate", post(receive))
+pub fn router(limits: &Limits) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(receive))
         .layer(timeout(limits.request_timeout))
         // tower-http's limit answers 413 from Content-Length before reading anything, and cuts off
         // a chunked body at the limit; axum's own smaller default must not apply on top.
@@ -36,11 +39,35 @@ async fn count_too_large(response: Response) -> Response {
     response
 }
 
-#[derive(Serialize)]
-struct Receipt {
+/// The answer to a delivery that was recorded, or recognised as already recorded.
+#[derive(Serialize, ToSchema)]
+pub struct Receipt {
     status: Outcome,
 }
 
+/// A delivery from the platform: a whole prediction object, signed with Standard Webhooks.
+///
+/// Answered `2xx` only once the delivery, and the state change it makes, are committed.
+#[utoipa::path(
+    post,
+    path = "/webhooks/replicate",
+    tag = "deliveries",
+    params(
+        ("webhook-id" = String, Header, description = "Unique per message, identical on retries of it"),
+        ("webhook-timestamp" = String, Header, description = "Unix seconds; must be within the tolerance of this server's clock"),
+        ("webhook-signature" = String, Header, description = "Space-separated `v1,<base64 HMAC-SHA256>` signatures; other versions are ignored"),
+    ),
+    request_body(content = super::predictions::PredictionObject, content_type = "application/json",
+        description = "The prediction object, exactly as the platform sends it"),
+    responses(
+        (status = 200, description = "Recorded: `applied` (now the latest state), `ignored` (older than the stored state) or `duplicate` (this webhook-id was recorded before; nothing written)", body = Receipt),
+        (status = 400, description = "Verified, but not a JSON object with a string `id`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or malformed headers, no matching signature, or a timestamp outside the tolerance", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than INBOX_MAX_BODY_BYTES", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable or the request took too long; nothing was recorded, retry after `Retry-After`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+    ),
+)]
 async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,

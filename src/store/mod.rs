@@ -31,7 +31,7 @@ pub enum StoreError {
 }
 
 /// What recording one delivery did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// The delivery is now the prediction's latest state.

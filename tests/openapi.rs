@@ -1,0 +1,146 @@
+//! `GET /openapi.json`: valid OpenAPI 3.1 by a real validator, and complete.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::spawn_app;
+use serde_json::Value;
+
+/// Every route of the contract.
+const ROUTES: [(&str, &str); 8] = [
+    ("post", "/webhooks/replicate"),
+    ("get", "/v1/predictions"),
+    ("get", "/v1/predictions/{id}"),
+    ("get", "/v1/predictions/{id}/events"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+];
+
+async fn description() -> (common::TestApp, Value, String) {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let text = response.text().await.unwrap();
+    (app, serde_json::from_str(&text).unwrap(), text)
+}
+
+#[tokio::test]
+async fn the_description_is_valid_openapi_3_1() {
+    let (_app, doc, text) = description().await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let file = std::env::temp_dir().join(format!("inbox-openapi-{}.json", std::process::id()));
+    std::fs::write(&file, text).unwrap();
+    let output = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .expect("python3 runs the OpenAPI validator");
+    std::fs::remove_file(&file).unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !said.contains("No module named"),
+        "the OpenAPI validator is not installed: python3 -m pip install -r tests/requirements.txt"
+    );
+    assert!(output.status.success(), "{said}");
+}
+
+#[tokio::test]
+async fn every_route_is_described_and_every_described_route_is_served() {
+    let (app, doc, _) = description().await;
+    let described: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| (method.clone(), path.clone()))
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(described, expected);
+
+    for (method, path) in ROUTES {
+        let url = format!("{}{}", app.address, path.replace("{id}", "some-id"));
+        let request = match method {
+            "post" => app.client.post(&url),
+            _ => app.client.get(&url),
+        };
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert!(
+            status != 405 && !body.contains("there is no such route"),
+            "{method} {path} is not served"
+        );
+    }
+}
+
+#[tokio::test]
+async fn headers_and_problems_are_described() {
+    let (_app, doc, _) = description().await;
+    let parameters = |method: &str, path: &str| -> Vec<String> {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        format!(
+                            "{} {}",
+                            p["in"].as_str().unwrap(),
+                            p["name"].as_str().unwrap()
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for header in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        assert!(
+            parameters("post", "/webhooks/replicate").contains(&format!("header {header}")),
+            "{header}"
+        );
+    }
+    assert!(parameters("get", "/v1/predictions/{id}").contains(&"header Prefer".to_owned()));
+    for query in [
+        "status",
+        "model",
+        "version",
+        "created_after",
+        "created_before",
+        "limit",
+        "cursor",
+    ] {
+        assert!(
+            parameters("get", "/v1/predictions").contains(&format!("query {query}")),
+            "{query}"
+        );
+    }
+    let not_found = &doc["paths"]["/v1/predictions/{id}"]["get"]["responses"]["404"]["content"];
+    assert!(
+        not_found["application/problem+json"]["schema"]["$ref"]
+            .as_str()
+            .unwrap()
+            .ends_with("/Problem")
+    );
+    let applied = &doc["paths"]["/v1/predictions/{id}"]["get"]["responses"]["200"]["headers"];
+    assert!(applied.get("Preference-Applied").is_some());
+    assert!(doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer");
+}
