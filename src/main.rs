@@ -116,10 +116,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match settings {
             Some(settings) => {
-                Application::build(settings)
-                    .await?
-                    .run_until(startup::shutdown_signal())
-                    .await
+                let application = Application::build(settings).await?;
+                application.run_until(startup::shutdown_signal()).await;
+                Ok(())
             }
             None => startup::migrate(database_url.expose()).await,
         }

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -21,8 +22,6 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("serving failed: {0}")]
-    Serve(std::io::Error),
 }
 
 /// A migrated database and a bound listener, ready to serve.
@@ -31,6 +30,7 @@ pub struct Application {
     router: Router,
     store: Store,
     changes: Changes,
+    header_timeout: Duration,
 }
 
 impl Application {
@@ -64,6 +64,8 @@ impl Application {
             router: http::router(state, &limits),
             store,
             changes,
+            // No part of a request may take longer than the request timeout, its headers included.
+            header_timeout: settings.request_timeout,
         })
     }
 
@@ -82,10 +84,7 @@ impl Application {
     /// Serves until `shutdown` completes, then stops accepting, ends waits and event streams with
     /// the current state, lets in-flight requests finish (each is bounded by its timeout) and
     /// closes the database pool.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), StartupError> {
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) {
         tracing::info!(addr = %self.local_addr(), "serving");
         let listening = tokio::spawn(changes::listen(self.store.clone(), self.changes.clone()));
         let changes = self.changes.clone();
@@ -93,14 +92,10 @@ impl Application {
             shutdown.await;
             changes.close();
         };
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        http::serve(self.listener, self.router, self.header_timeout, shutdown).await;
         listening.abort();
-        served.map_err(StartupError::Serve)?;
         self.store.close().await;
         tracing::info!("stopped");
-        Ok(())
     }
 }
 

@@ -117,3 +117,71 @@ async fn every_answer_carries_a_request_id_and_keeps_the_callers() {
         assert_eq!(id.len(), 36, "{id}");
     }
 }
+
+/// Connects, sends `first`, then dribbles `then` a byte at a time; returns how long until the
+/// service closed the connection, and what it said.
+async fn dribble(address: &str, first: &str, then: &str) -> (std::time::Duration, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    stream.write_all(first.as_bytes()).await.unwrap();
+    for byte in then.bytes() {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if stream.write_all(&[byte]).await.is_err() {
+            break;
+        }
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection was never closed");
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&answer).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_client_dribbling_its_headers_is_cut_off() {
+    let app = spawn_app_with(&[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
+    let (elapsed, _) = dribble(
+        &app.address,
+        "GET /healthz HTTP/1.1\r\n",
+        &"X-Slow: ".repeat(10),
+    )
+    .await;
+    assert!(
+        elapsed < std::time::Duration::from_secs(5),
+        "held for {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_connects_and_says_nothing_is_cut_off() {
+    let app = spawn_app_with(&[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
+    for first in ["", "P", "PRI * HTTP/2.0\r\n"] {
+        let (elapsed, _) = dribble(&app.address, first, "").await;
+        assert!(
+            elapsed < std::time::Duration::from_secs(5),
+            "{first:?} held for {elapsed:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_stalling_its_body_gets_503_within_the_timeout() {
+    let app = spawn_app_with(&[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
+    let head = "POST /webhooks/replicate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{\"id\":";
+    let (elapsed, answer) = dribble(&app.address, head, "").await;
+    assert!(
+        elapsed < std::time::Duration::from_secs(5),
+        "held for {elapsed:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert_eq!(app.count("deliveries").await, 0);
+}

@@ -8,6 +8,7 @@ mod health;
 mod metrics;
 mod openapi;
 mod predictions;
+mod server;
 mod webhooks;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::verify::Verifier;
 
 pub use auth::ApiTokens;
 pub use error::ApiError;
+pub use server::serve;
 
 #[derive(Clone)]
 pub struct AppState {
