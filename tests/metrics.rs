@@ -103,6 +103,16 @@ async fn metrics_count_what_the_service_does() {
         413
     );
 
+    assert_eq!(
+        app.client
+            .get(format!("{}/no/such/route", app.address))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
     // A parked waiter shows in the gauge.
     let waiting = app
         .client
@@ -182,6 +192,14 @@ async fn metrics_count_what_the_service_does() {
             ]
         ),
         3.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            requests,
+            &[("route", "unmatched"), ("method", "GET"), ("status", "404")]
+        ),
+        1.0
     );
     assert!(text.contains("# TYPE inbox_http_request_duration_seconds histogram"));
     assert!(text.contains("# HELP inbox_deliveries_total"));

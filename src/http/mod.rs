@@ -12,16 +12,14 @@ mod server;
 mod webhooks;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use std::time::Instant;
-
+use axum::Router;
 use axum::body::Body;
 use axum::extract::MatchedPath;
 use axum::http::{Request, StatusCode};
 use axum::middleware::{Next, from_fn, map_response};
 use axum::response::Response;
-use axum::{Extension, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -79,20 +77,12 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .merge(health::router(limits))
         .merge(metrics::router(limits))
         .split_for_parts();
+    openapi::publish(&description);
     router
-        // Inside routing, so the route label is the matched template, never the raw path.
-        .route_layer(from_fn(count_request))
-        .fallback(|request: Request<Body>| async move {
-            crate::metrics::http_request(
-                "unmatched",
-                request.method().as_str(),
-                404,
-                Default::default(),
-            );
-            ApiError::NotFound("there is no such route".into())
-        })
+        .fallback(|| async { ApiError::NotFound("there is no such route".into()) })
         .with_state(state)
-        .layer(Extension(openapi::Description::new(&description)))
+        // One stack, so a parked request carries one boxed future for all of it. `Router::layer`
+        // wraps each route and the fallback after routing, so the metrics see the matched route.
         .layer(
             ServiceBuilder::new()
                 .layer(map_response(error::problem_for_bare_errors))
@@ -101,10 +91,12 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(from_fn(count_request))
                 .layer(CatchPanicLayer::new()),
         )
 }
 
+/// Counts and times each request by its route template; the fallback's are `unmatched`.
 async fn count_request(request: Request<Body>, next: Next) -> Response {
     let route = request
         .extensions()
