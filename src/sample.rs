@@ -6,6 +6,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::domain::Status;
 use crate::verify::Secret;
 
 /// A `msg_` id with 128 random bits, like the platform's.
@@ -39,7 +40,7 @@ pub fn prediction(id: &str, status: &str) -> String {
     let now = OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_default();
-    let terminal = matches!(status, "succeeded" | "failed" | "canceled" | "aborted");
+    let terminal = Status::parse(status).is_terminal();
     let mut body = json!({
         "id": id,
         "model": "replicate/hello-world",
@@ -113,20 +114,13 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Prediction, Status};
+    use crate::domain::Prediction;
 
     #[test]
     fn samples_are_predictions_the_service_accepts() {
         let id = prediction_id();
         assert_eq!(id.len(), 26);
-        for status in [
-            "starting",
-            "processing",
-            "succeeded",
-            "failed",
-            "canceled",
-            "aborted",
-        ] {
+        for status in Status::KNOWN {
             let parsed = Prediction::parse(prediction(&id, status).as_bytes()).unwrap();
             assert_eq!(parsed.id.as_str(), id);
             assert_eq!(parsed.status, Some(Status::parse(status)));
