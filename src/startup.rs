@@ -54,6 +54,7 @@ impl Application {
             Verifier::new(settings.webhook_secrets, settings.webhook_tolerance_secs),
             settings.api_tokens,
             settings.public_url,
+            settings.request_timeout,
         );
         let limits = Limits {
             max_body_bytes: settings.max_body_bytes,

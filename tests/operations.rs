@@ -185,3 +185,36 @@ async fn a_client_stalling_its_body_gets_503_within_the_timeout() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert_eq!(app.count("deliveries").await, 0);
 }
+
+#[tokio::test]
+async fn a_read_stuck_on_the_database_gets_503_within_the_timeout() {
+    let app = spawn_app_with(&[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
+    app.deliver(&Delivery::new(prediction("p1", "processing", "")))
+        .await;
+    let mut blocker = app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    for prefer in [None, Some("wait=2")] {
+        let mut request = app
+            .client
+            .get(format!("{}/v1/predictions/p1", app.address))
+            .bearer_auth(common::TOKEN);
+        if let Some(prefer) = prefer {
+            request = request.header("prefer", prefer);
+        }
+        let started = std::time::Instant::now();
+        let response = request.send().await.unwrap();
+        // The bound is the request timeout, plus the wait when one was asked for.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(6),
+            "{prefer:?}: {:?}",
+            started.elapsed()
+        );
+        assert!(response.headers().contains_key("retry-after"));
+        assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    }
+    blocker.rollback().await.unwrap();
+    assert_eq!(app.get("/v1/predictions/p1").await.status(), StatusCode::OK);
+}

@@ -31,6 +31,9 @@ pub enum ApiError {
     /// At a capacity limit; worth retrying shortly.
     #[error("{0}")]
     Busy(&'static str),
+    /// The route's time bound ran out.
+    #[error("the request took too long; retry later")]
+    TimedOut,
 }
 
 impl From<IngestError> for ApiError {
@@ -48,7 +51,9 @@ impl IntoResponse for ApiError {
             Self::Unauthorized(_) | Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Unavailable(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy(_) | Self::TimedOut => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         let detail = match &self {
             Self::Unavailable(error) => {
@@ -113,6 +118,12 @@ where
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
         return response;
     }
+    // Boxed: every request's future is sized for this path, which only bare errors take.
+    Box::pin(rebuild_as_problem(response)).await
+}
+
+async fn rebuild_as_problem(response: Response) -> Response {
+    let status = response.status();
     let (mut parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&text);

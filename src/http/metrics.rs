@@ -1,11 +1,15 @@
 //! `GET /metrics`: Prometheus text. Gauges of this process are read at scrape time; the count of
-//! predictions by status is a query, so it is refreshed at most every `COUNT_EVERY`.
+//! predictions by status is a query, so it is refreshed at most every `COUNT_EVERY`. Also the
+//! middleware that counts requests by route.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -77,4 +81,64 @@ async fn scrape(State(state): State<AppState>) -> Response {
         handle.render(),
     )
         .into_response()
+}
+
+/// Counts and times each request by its route template (`unmatched` for the fallback). Applied
+/// after routing, where `MatchedPath` is known. A concrete service rather than `from_fn`, which
+/// boxes two futures for every request in flight — and parked waits are requests in flight.
+#[derive(Clone)]
+pub struct CountRequests<S>(pub S);
+
+impl<S, B> tower::Service<Request> for CountRequests<S>
+where
+    S: tower::Service<Request, Response = axum::http::Response<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Counted<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        Counted {
+            route: request.extensions().get::<MatchedPath>().cloned(),
+            method: request.method().clone(),
+            started: Instant::now(),
+            inner: self.0.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct Counted<F> {
+        #[pin]
+        inner: F,
+        route: Option<MatchedPath>,
+        method: Method,
+        started: Instant,
+    }
+}
+
+impl<F, B, E> Future for Counted<F>
+where
+    F: Future<Output = Result<axum::http::Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let Ok(response) = &result {
+            let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            metrics::http_request(
+                route,
+                this.method.as_str(),
+                response.status().as_u16(),
+                this.started.elapsed(),
+            );
+        }
+        Poll::Ready(result)
+    }
 }

@@ -12,14 +12,12 @@ mod server;
 mod webhooks;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::MatchedPath;
 use axum::http::{Request, StatusCode};
-use axum::middleware::{Next, from_fn, map_response};
-use axum::response::Response;
+use axum::middleware::map_response;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -41,6 +39,8 @@ pub struct AppState {
     verifier: Arc<Verifier>,
     tokens: Arc<ApiTokens>,
     last_count: metrics::LastCount,
+    /// The bound of routes that enforce it themselves rather than through a layer.
+    request_timeout: Duration,
     /// Base of the absolute URLs the service hands out (`next`, `previous`); from the request's
     /// `Host` when unset.
     public_url: Option<Arc<str>>,
@@ -53,6 +53,7 @@ impl AppState {
         verifier: Verifier,
         tokens: ApiTokens,
         public_url: Option<String>,
+        request_timeout: Duration,
     ) -> Self {
         Self {
             store,
@@ -60,6 +61,7 @@ impl AppState {
             verifier: Arc::new(verifier),
             tokens: Arc::new(tokens),
             last_count: metrics::LastCount::default(),
+            request_timeout,
             public_url: public_url.map(|url| url.trim_end_matches('/').into()),
         }
     }
@@ -91,27 +93,9 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
-                .layer(from_fn(count_request))
+                .layer(tower::layer::layer_fn(metrics::CountRequests))
                 .layer(CatchPanicLayer::new()),
         )
-}
-
-/// Counts and times each request by its route template; the fallback's are `unmatched`.
-async fn count_request(request: Request<Body>, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().clone();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    crate::metrics::http_request(
-        &route,
-        method.as_str(),
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
 }
 
 fn request_span(request: &Request<Body>) -> tracing::Span {
