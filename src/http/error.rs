@@ -13,6 +13,8 @@ use crate::store::StoreError;
 use crate::verify::Rejection;
 
 const PROBLEM_JSON: &str = "application/problem+json";
+/// What a request that ran out of time is told, by a route's own bound or a timeout layer.
+const TIMED_OUT: &str = "the request took too long; retry later";
 /// Seconds a client is asked to wait before retrying after a 503.
 const RETRY_AFTER_SECS: &str = "5";
 
@@ -32,7 +34,7 @@ pub enum ApiError {
     #[error("{0}")]
     Busy(&'static str),
     /// The route's time bound ran out.
-    #[error("the request took too long; retry later")]
+    #[error("{TIMED_OUT}")]
     TimedOut,
 }
 
@@ -144,7 +146,7 @@ fn default_detail(status: StatusCode) -> String {
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => "the body is larger than this service accepts".into(),
         StatusCode::METHOD_NOT_ALLOWED => "this route does not take that method".into(),
-        StatusCode::SERVICE_UNAVAILABLE => "the request took too long; retry later".into(),
+        StatusCode::SERVICE_UNAVAILABLE => TIMED_OUT.into(),
         status => status
             .canonical_reason()
             .unwrap_or("the request failed")
