@@ -25,9 +25,8 @@ pub async fn ingest(
     body: &[u8],
 ) -> Result<Outcome, IngestError> {
     let started = Instant::now();
+    let body = std::str::from_utf8(body).map_err(|_| InvalidPrediction::NotUtf8)?;
     let prediction = Prediction::parse(body)?;
-    // `Prediction::parse` accepted the whole body as JSON, which is UTF-8 by definition.
-    let body = std::str::from_utf8(body).map_err(|_| InvalidPrediction::NotAnObject)?;
     let progress = Progress::new(
         prediction.status.as_ref(),
         prediction.logs_len,

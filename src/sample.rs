@@ -121,7 +121,7 @@ mod tests {
         let id = prediction_id();
         assert_eq!(id.len(), 26);
         for status in Status::KNOWN {
-            let parsed = Prediction::parse(prediction(&id, status).as_bytes()).unwrap();
+            let parsed = Prediction::parse(&prediction(&id, status)).unwrap();
             assert_eq!(parsed.id.as_str(), id);
             assert_eq!(parsed.status, Some(Status::parse(status)));
             assert!(parsed.created_at.is_some());

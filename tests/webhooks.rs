@@ -213,6 +213,22 @@ async fn verified_bodies_that_are_not_predictions_get_400_and_store_nothing() {
         let response = app.send(&Delivery::new(body)).await;
         assert_problem(response, StatusCode::BAD_REQUEST).await;
     }
+    // Signed bytes that are not UTF-8 verify, and are still no prediction.
+    let bytes = b"{\"id\":\"\xff\"}".to_vec();
+    let (id, timestamp) = (common::new_webhook_id(), now());
+    let secret: prediction_inbox::verify::Secret = common::SECRET.parse().unwrap();
+    let response = app
+        .client
+        .post(format!("{}/webhooks/replicate", app.address))
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", secret.sign(&id, timestamp, &bytes))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(response, StatusCode::BAD_REQUEST).await;
+    assert_eq!(problem["detail"], "the body is not UTF-8");
     assert_eq!(app.count("deliveries").await, 0);
 }
 

@@ -94,6 +94,8 @@ pub const MAX_DEPTH: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InvalidPrediction {
+    #[error("the body is not UTF-8")]
+    NotUtf8,
     #[error("the body is not a JSON object")]
     NotAnObject,
     #[error("the body nests arrays and objects more than {MAX_DEPTH} deep")]
@@ -107,15 +109,15 @@ pub enum InvalidPrediction {
 impl Prediction {
     /// Reads the fields of interest without building the whole document in memory. Everything else
     /// is skipped but still syntax-checked, so a body that parses here is valid JSON throughout.
-    pub fn parse(body: &[u8]) -> Result<Self, InvalidPrediction> {
+    pub fn parse(body: &str) -> Result<Self, InvalidPrediction> {
         // serde would also accept a JSON array as the sequence form of a struct.
-        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        if body.bytes().find(|b| !b.is_ascii_whitespace()) != Some(b'{') {
             return Err(InvalidPrediction::NotAnObject);
         }
-        if too_deep(body) {
+        if too_deep(body.as_bytes()) {
             return Err(InvalidPrediction::TooDeep);
         }
-        let fields: Fields = serde_json::from_slice(body)?;
+        let fields: Fields = serde_json::from_str(body)?;
         for (field, value) in [
             ("status", &fields.status),
             ("model", &fields.model),
@@ -234,7 +236,7 @@ mod tests {
 
     #[test]
     fn reads_a_fixture() {
-        let p = Prediction::parse(SUCCEEDED.as_bytes()).unwrap();
+        let p = Prediction::parse(SUCCEEDED).unwrap();
         assert_eq!(p.id.as_str(), "gm3qorzdhgbfurvjtvhg6dckhu");
         assert_eq!(p.status, Some(Status::Succeeded));
         assert_eq!(p.model.as_deref(), Some("replicate/hello-world"));
@@ -247,32 +249,27 @@ mod tests {
 
     #[test]
     fn is_lenient_about_everything_but_the_id() {
-        let p = Prediction::parse(br#"{"id":"x","status":"successful","model":7,"logs":null,"created_at":"yesterday","extra":{"a":[1,2]}}"#).unwrap();
+        let p = Prediction::parse(r#"{"id":"x","status":"successful","model":7,"logs":null,"created_at":"yesterday","extra":{"a":[1,2]}}"#).unwrap();
         assert_eq!(p.status, Some(Status::Other("successful".into())));
         assert_eq!((p.model, p.created_at, p.logs_len), (None, None, 0));
-        assert_eq!(Prediction::parse(br#"{"id":"x"}"#).unwrap().status, None);
+        assert_eq!(Prediction::parse(r#"{"id":"x"}"#).unwrap().status, None);
     }
 
     #[test]
     fn rejects_what_is_not_a_prediction() {
         for body in [
-            &b"[\"id\"]"[..],
-            b"\"id\"",
-            b"",
-            b"{\"id\":1}",
-            b"{\"status\":\"starting\"}",
-            b"{\"id\":\"\"}",
-            b"{\"id\":\"a\\u0000\"}",
-            b"{\"id\":\"x\",\"status\":\"a\\u0000\"}",
-            b"{\"id\":\"x\"} trailing",
-            b"{\"id\":\"x\",\"id\":\"y\"}",
-            b"{\"id\":\"\xff\"}",
+            "[\"id\"]",
+            "\"id\"",
+            "",
+            "{\"id\":1}",
+            "{\"status\":\"starting\"}",
+            "{\"id\":\"\"}",
+            "{\"id\":\"a\\u0000\"}",
+            "{\"id\":\"x\",\"status\":\"a\\u0000\"}",
+            "{\"id\":\"x\"} trailing",
+            "{\"id\":\"x\",\"id\":\"y\"}",
         ] {
-            assert!(
-                Prediction::parse(body).is_err(),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
+            assert!(Prediction::parse(body).is_err(), "{body}");
         }
         let nested = |depth: usize| {
             format!(
@@ -282,16 +279,16 @@ mod tests {
             )
         };
         assert!(matches!(
-            Prediction::parse(nested(100_000).as_bytes()),
+            Prediction::parse(nested(100_000).as_str()),
             Err(InvalidPrediction::TooDeep)
         ));
         assert!(matches!(
-            Prediction::parse(nested(MAX_DEPTH).as_bytes()),
+            Prediction::parse(nested(MAX_DEPTH).as_str()),
             Err(InvalidPrediction::TooDeep)
         ));
-        assert!(Prediction::parse(nested(MAX_DEPTH - 1).as_bytes()).is_ok());
+        assert!(Prediction::parse(nested(MAX_DEPTH - 1).as_str()).is_ok());
         // Brackets inside strings, escaped quotes included, do not count.
         let in_string = format!("{{\"id\":\"x\",\"logs\":\"\\\"{}\"}}", "[".repeat(1000));
-        assert!(Prediction::parse(in_string.as_bytes()).is_ok());
+        assert!(Prediction::parse(&in_string).is_ok());
     }
 }
