@@ -25,7 +25,7 @@ use super::auth::Authenticated;
 use super::error::Problem;
 use super::{ApiError, AppState, Limits, timeout};
 use crate::changes::Registration;
-use crate::store::{Direction, ListQuery, Page, Position, Store, StoredPrediction};
+use crate::store::{Direction, ListQuery, Page, Position, Store, StoreError, StoredPrediction};
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
@@ -134,9 +134,7 @@ async fn read_or_wait(state: &AppState, id: &str, wait: Option<u64>) -> Result<R
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
-        // Boxed: a future is as large as its largest await point, and a parked waiter should not
-        // carry the query's state while it waits.
-        let current = Box::pin(state.store.prediction(id)).await?;
+        let current = reread(&state.store, id).await?;
         if current.as_ref().is_some_and(StoredPrediction::is_terminal) {
             return Ok(answer(current, Some(wait)));
         }
@@ -147,6 +145,13 @@ async fn read_or_wait(state: &AppState, id: &str, wait: Option<u64>) -> Result<R
             () = tokio::time::sleep_until(deadline) => return Ok(answer(current, Some(wait))),
         }
     }
+}
+
+/// The read a waiter repeats on each wake-up. Boxed: a future is as large as its largest await
+/// point, and a parked waiter (a `Prefer: wait` or an event stream) should not carry the query's
+/// state while it waits.
+async fn reread(store: &Store, id: &str) -> Result<Option<StoredPrediction>, StoreError> {
+    Box::pin(store.prediction(id)).await
 }
 
 /// The prediction, or 404; with `Preference-Applied: wait=N` when a wait was asked for.
@@ -275,7 +280,7 @@ impl Watch {
             Phase::Watching => {}
         }
         loop {
-            match self.store.prediction(&self.id).await {
+            match reread(&self.store, &self.id).await {
                 Ok(Some(current)) if self.last_sent.as_deref() != Some(current.body.as_str()) => {
                     if current.is_terminal() {
                         self.phase = Phase::Terminal;
@@ -425,7 +430,7 @@ async fn list(
     Ok(json(list_body(previous, next, &page)))
 }
 
-fn position(item: &crate::store::StoredPrediction) -> Position {
+fn position(item: &StoredPrediction) -> Position {
     Position {
         created_at: item.created_at,
         id: item.id.clone(),
