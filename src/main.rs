@@ -2,10 +2,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use prediction_inbox::config::{self, Settings, Source};
+use prediction_inbox::config::{self, DatabaseUrl, Settings, Source};
 use prediction_inbox::sample;
 use prediction_inbox::startup::{self, Application};
-use prediction_inbox::telemetry;
+use prediction_inbox::telemetry::{self, LogFormat};
 use prediction_inbox::verify::Secret;
 
 /// Receives Replicate's signed prediction webhooks and serves each prediction's latest state.
@@ -54,6 +54,12 @@ enum Command {
     },
 }
 
+/// What a command that needs the settings needs of them.
+enum Run {
+    Serve(Settings),
+    Migrate(DatabaseUrl, LogFormat),
+}
+
 /// Exit code for missing or malformed settings and arguments, as clap uses for usage errors.
 const BAD_SETTINGS: u8 = 2;
 
@@ -89,22 +95,21 @@ fn main() -> ExitCode {
         Some(path) => (path, true),
         None => (PathBuf::from(config::DEFAULT_CONFIG_FILE), false),
     };
-    let settings = Source::load(&file, required).and_then(|source| {
-        let log_format = source.log_format()?;
-        let settings = match command {
-            Command::Serve => Some(Settings::from_source(&source)?),
-            _ => None,
-        };
-        Ok((source.database_url()?, log_format, settings))
+    let run = Source::load(&file, required).and_then(|source| match command {
+        Command::Serve => Settings::from_source(&source).map(Run::Serve),
+        _ => Ok(Run::Migrate(source.database_url()?, source.log_format()?)),
     });
-    let (database_url, log_format, settings) = match settings {
-        Ok(loaded) => loaded,
+    let run = match run {
+        Ok(run) => run,
         Err(error) => {
             eprintln!("prediction-inbox: {error}");
             return ExitCode::from(BAD_SETTINGS);
         }
     };
-    telemetry::init(log_format);
+    telemetry::init(match &run {
+        Run::Serve(settings) => settings.log_format,
+        Run::Migrate(_, log_format) => *log_format,
+    });
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -114,13 +119,13 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match settings {
-            Some(settings) => {
+        match run {
+            Run::Serve(settings) => {
                 let application = Application::build(settings).await?;
                 application.run_until(startup::shutdown_signal()).await;
                 Ok(())
             }
-            None => startup::migrate(database_url.expose()).await,
+            Run::Migrate(database_url, _) => startup::migrate(database_url.expose()).await,
         }
     });
     match result {
