@@ -12,7 +12,8 @@ use crate::ingest::IngestError;
 use crate::store::StoreError;
 use crate::verify::Rejection;
 
-const PROBLEM_JSON: &str = "application/problem+json";
+/// The media type of every error answer; the OpenAPI description names it too.
+pub(super) const PROBLEM_JSON: &str = "application/problem+json";
 /// What a request that ran out of time is told, by a route's own bound or a timeout layer.
 const TIMED_OUT: &str = "the request took too long; retry later";
 /// Seconds a client is asked to wait before retrying after a 503.

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{Problem, problem};
+use super::error::{PROBLEM_JSON, Problem, problem};
 use super::{AppState, Limits, timeout};
 
 /// Shorter than the usual probe timeout, so a hung database reads as "not ready", not as no answer.
@@ -32,7 +32,7 @@ async fn live() -> &'static str {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "The database answers", body = String, content_type = "text/plain"),
-        (status = 503, description = "The database does not answer", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database does not answer", body = Problem, content_type = PROBLEM_JSON),
     ))]
 async fn ready(State(state): State<AppState>) -> Response {
     match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {

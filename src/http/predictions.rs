@@ -22,7 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Authenticated;
-use super::error::Problem;
+use super::error::{PROBLEM_JSON, Problem};
 use super::{ApiError, AppState, Limits, timeout};
 use crate::changes::Registration;
 use crate::store::{Direction, ListQuery, Page, Position, Store, StoreError, StoredPrediction};
@@ -87,8 +87,6 @@ pub struct PredictionList {
     results: Vec<PredictionObject>,
 }
 
-const PROBLEM: &str = "application/problem+json";
-
 /// The latest state of one prediction, exactly as the platform sent it; with `Prefer: wait`, held
 /// until it finishes or the wait runs out.
 #[utoipa::path(
@@ -103,10 +101,10 @@ const PROBLEM: &str = "application/problem+json";
     responses(
         (status = 200, description = "The prediction", body = PredictionObject,
             headers(("Preference-Applied" = String, description = "`wait=N` when a wait was asked for; `wait=0` when too many requests were already waiting"))),
-        (status = 400, description = "A malformed `Prefer: wait`", body = Problem, content_type = PROBLEM),
-        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM),
-        (status = 404, description = "Never received (after the wait, if one was asked for)", body = Problem, content_type = PROBLEM),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = PROBLEM),
+        (status = 400, description = "A malformed `Prefer: wait`", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "Never received (after the wait, if one was asked for)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = PROBLEM_JSON),
     ),
 )]
 async fn get_one(
@@ -227,8 +225,8 @@ fn requested_wait(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     responses(
         (status = 200, description = "`event: prediction` with the whole object, first the current state (if any) and then each advance; then `event: done` and the stream closes. A comment every 15 s keeps it alive.",
             body = String, content_type = "text/event-stream"),
-        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM),
-        (status = 503, description = "Too many requests are waiting on predictions", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "Too many requests are waiting on predictions", body = Problem, content_type = PROBLEM_JSON),
     ),
 )]
 async fn events(
@@ -351,9 +349,9 @@ struct ListParams {
     params(ListParams),
     responses(
         (status = 200, description = "A page", body = PredictionList),
-        (status = 400, description = "A malformed filter, limit or cursor", body = Problem, content_type = PROBLEM),
-        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = PROBLEM),
+        (status = 400, description = "A malformed filter, limit or cursor", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = PROBLEM_JSON),
     ),
 )]
 async fn list(

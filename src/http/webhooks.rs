@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::Problem;
+use super::error::{PROBLEM_JSON, Problem};
 use super::{ApiError, AppState, Limits, timeout};
 use crate::ingest::{IngestError, ingest};
 use crate::metrics::{self, RejectReason};
@@ -61,10 +61,10 @@ pub struct Receipt {
         description = "The prediction object, exactly as the platform sends it"),
     responses(
         (status = 200, description = "Recorded: `applied` (now the latest state), `ignored` (older than the stored state) or `duplicate` (this webhook-id was recorded before; nothing written)", body = Receipt),
-        (status = 400, description = "Verified, but not a JSON object with a string `id`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or malformed headers, no matching signature, or a timestamp outside the tolerance", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Larger than INBOX_MAX_BODY_BYTES", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable or the request took too long; nothing was recorded, retry after `Retry-After`", body = Problem, content_type = "application/problem+json",
+        (status = 400, description = "Verified, but not a JSON object with a string `id`", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or malformed headers, no matching signature, or a timestamp outside the tolerance", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "Larger than INBOX_MAX_BODY_BYTES", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The database is unavailable or the request took too long; nothing was recorded, retry after `Retry-After`", body = Problem, content_type = PROBLEM_JSON,
             headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
     ),
 )]
