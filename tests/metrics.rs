@@ -64,16 +64,10 @@ async fn metrics_count_what_the_service_does() {
         "applied"
     );
     // One rejection of each kind.
-    let mut forged = Delivery::new(prediction("p3", "starting", ""));
-    let signature = app.signature(&forged);
-    forged.body.push(' ');
+    let signed = Delivery::new(prediction("p3", "starting", ""));
     let forged = app
-        .client
-        .post(&url)
-        .header("webhook-id", &forged.webhook_id)
-        .header("webhook-timestamp", forged.timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(forged.body.clone());
+        .signed_request(&signed.webhook_id, signed.timestamp, signed.body.as_bytes())
+        .body(format!("{} ", signed.body));
     assert_eq!(forged.send().await.unwrap().status(), 401);
     assert_eq!(
         app.client

@@ -215,14 +215,8 @@ async fn verified_bodies_that_are_not_predictions_get_400_and_store_nothing() {
     }
     // Signed bytes that are not UTF-8 verify, and are still no prediction.
     let bytes = b"{\"id\":\"\xff\"}".to_vec();
-    let (id, timestamp) = (common::new_webhook_id(), now());
-    let secret: prediction_inbox::verify::Secret = common::SECRET.parse().unwrap();
     let response = app
-        .client
-        .post(format!("{}/webhooks/replicate", app.address))
-        .header("webhook-id", &id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", secret.sign(&id, timestamp, &bytes))
+        .signed_request(&common::new_webhook_id(), now(), &bytes)
         .body(bytes)
         .send()
         .await
@@ -244,11 +238,11 @@ async fn a_body_over_the_limit_gets_413_and_stores_nothing() {
         big.as_bytes().chunks(100).map(|c| Ok(c.to_vec())).collect();
     let stream = futures_util::stream::iter(chunks);
     let response = app
-        .client
-        .post(format!("{}/webhooks/replicate", app.address))
-        .header("webhook-id", &delivery.webhook_id)
-        .header("webhook-timestamp", delivery.timestamp.to_string())
-        .header("webhook-signature", app.signature(&delivery))
+        .signed_request(
+            &delivery.webhook_id,
+            delivery.timestamp,
+            delivery.body.as_bytes(),
+        )
         .body(reqwest::Body::wrap_stream(stream))
         .send()
         .await

@@ -214,17 +214,35 @@ impl TestApp {
         )
     }
 
-    pub async fn send(&self, delivery: &Delivery) -> Response {
+    /// A POST to the webhook route with the three headers, signed over `signed` as the platform
+    /// signs; the caller sets the body, usually those same bytes.
+    pub fn signed_request(
+        &self,
+        webhook_id: &str,
+        timestamp: i64,
+        signed: &[u8],
+    ) -> reqwest::RequestBuilder {
         self.client
             .post(format!("{}/webhooks/replicate", self.address))
-            .header("webhook-id", &delivery.webhook_id)
-            .header("webhook-timestamp", delivery.timestamp.to_string())
-            .header("webhook-signature", self.signature(delivery))
-            .header("content-type", "application/json")
-            .body(delivery.body.clone())
-            .send()
-            .await
-            .expect("send the delivery")
+            .header("webhook-id", webhook_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                self.secret.sign(webhook_id, timestamp, signed),
+            )
+    }
+
+    pub async fn send(&self, delivery: &Delivery) -> Response {
+        self.signed_request(
+            &delivery.webhook_id,
+            delivery.timestamp,
+            delivery.body.as_bytes(),
+        )
+        .header("content-type", "application/json")
+        .body(delivery.body.clone())
+        .send()
+        .await
+        .expect("send the delivery")
     }
 
     /// Sends and returns the `status` of a 200 receipt.
