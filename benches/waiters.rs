@@ -174,26 +174,16 @@ impl Bench {
         }
     }
 
+    /// A small delivery of `status` for prediction `id`, signed and sent as `send-test` sends.
     async fn deliver(&self, id: &str, status: &str) {
         let body = format!(
             r#"{{"id":"{id}","status":"{status}","created_at":"2024-01-01T00:00:00Z","logs":"","output":null}}"#
         );
-        let webhook_id = format!("msg_{id}_{status}");
-        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-        let response = self
-            .client
-            .post(format!("{}/webhooks/replicate", self.address))
-            .header("webhook-id", &webhook_id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header(
-                "webhook-signature",
-                self.secret.sign(&webhook_id, timestamp, body.as_bytes()),
-            )
-            .body(body)
-            .send()
+        let url = format!("{}/webhooks/replicate", self.address);
+        let answer = prediction_inbox::sample::send(&self.client, &url, &self.secret, body)
             .await
             .unwrap();
-        assert!(response.status().is_success(), "{}", response.status());
+        assert!((200..300).contains(&answer.status), "{}", answer.status);
     }
 
     /// Starts a 60 s wait; resolves to when its answer arrived and whether it was a 200.
