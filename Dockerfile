@@ -20,6 +20,9 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/prediction-inbox /usr/local/bin/prediction-inbox
 # distroless "nonroot" is uid 65532
 USER 65532:65532
+# With no DATABASE_URL, state lives in /home/nonroot/data/prediction-inbox.db: mount a volume on
+# /home/nonroot/data, and run one replica (README, "Choosing the store").
+WORKDIR /home/nonroot
 EXPOSE 8080
 # Probes: GET /healthz (liveness) and GET /readyz (readiness); the image has no shell or curl,
 # so orchestrators probe over HTTP (see README, "Operating it").

@@ -139,7 +139,7 @@ impl Drop for Registration {
 pub async fn listen(store: Store, changes: Changes) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match store.listen_for_changes().await {
+        match store.changes().await {
             Ok(mut listener) => {
                 tracing::info!("listening for committed changes");
                 backoff = Duration::from_millis(100);

@@ -111,16 +111,22 @@ impl Source {
         Ok(entries)
     }
 
+    /// `DATABASE_URL`: Postgres or SQLite by its scheme; unset, the embedded default.
     pub fn database_url(&self) -> Result<DatabaseUrl, ConfigError> {
         let key = "DATABASE_URL";
-        let url = self.required(key, "postgres://user@host:port/database")?;
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(ConfigError::new(
+        let Some(url) = self.get(key) else {
+            return Ok(DatabaseUrl::Sqlite(DEFAULT_SQLITE_URL.to_owned()));
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DatabaseUrl::Postgres(url))
+        } else if url.starts_with("sqlite:") {
+            Ok(DatabaseUrl::Sqlite(url))
+        } else {
+            Err(ConfigError::new(
                 key,
-                "must start with postgres:// or postgresql://",
-            ));
+                "must start with postgres://, postgresql:// or sqlite:",
+            ))
         }
-        Ok(DatabaseUrl(url))
     }
 
     pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
@@ -128,19 +134,22 @@ impl Source {
     }
 }
 
-/// The database's URL, which may carry a password: never printed.
-#[derive(Clone)]
-pub struct DatabaseUrl(String);
+/// Where state lives when `DATABASE_URL` is not set: a file in `./data`, created on first start.
+pub const DEFAULT_SQLITE_URL: &str = "sqlite://./data/prediction-inbox.db";
 
-impl DatabaseUrl {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
+/// The database, by backend. A Postgres URL may carry a password: never printed.
+#[derive(Clone)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    Sqlite(String),
 }
 
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DatabaseUrl(<redacted>)")
+        match self {
+            Self::Postgres(_) => f.write_str("Postgres(<redacted>)"),
+            Self::Sqlite(url) => f.debug_tuple("Sqlite").field(url).finish(),
+        }
     }
 }
 
@@ -270,7 +279,6 @@ mod tests {
     #[test]
     fn each_bad_setting_is_named_without_its_value() {
         for (key, value) in [
-            ("DATABASE_URL", ""),
             ("DATABASE_URL", "mysql://x"),
             ("INBOX_WEBHOOK_SECRETS", ""),
             (
@@ -292,6 +300,27 @@ mod tests {
             assert_eq!(error.key, key, "{value}");
             assert!(!error.to_string().contains("notasecret"));
         }
+    }
+
+    #[test]
+    fn the_database_is_chosen_by_scheme_and_defaults_to_the_embedded_file() {
+        let url = |value: &str| {
+            let mut pairs = VALID.to_vec();
+            pairs.retain(|(k, _)| *k != "DATABASE_URL");
+            pairs.push(("DATABASE_URL", value));
+            Settings::from_source(&source(&pairs)).unwrap().database_url
+        };
+        assert!(matches!(url(""), DatabaseUrl::Sqlite(u) if u == DEFAULT_SQLITE_URL));
+        assert!(matches!(
+            url("sqlite:///var/lib/inbox.db"),
+            DatabaseUrl::Sqlite(_)
+        ));
+        assert!(matches!(
+            url("postgresql://db/inbox"),
+            DatabaseUrl::Postgres(_)
+        ));
+        let secret = DatabaseUrl::Postgres("postgres://u:hunter2@db/inbox".into());
+        assert!(!format!("{secret:?}").contains("hunter2"));
     }
 
     #[test]

@@ -125,7 +125,7 @@ fn main() -> ExitCode {
                 application.run_until(startup::shutdown_signal()).await;
                 Ok(())
             }
-            Run::Migrate(database_url, _) => startup::migrate(database_url.expose()).await,
+            Run::Migrate(database_url, _) => startup::migrate(&database_url).await,
         }
     });
     match result {

@@ -8,9 +8,10 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::changes::{self, Changes};
+use crate::config::DatabaseUrl;
 use crate::config::Settings;
 use crate::http::{self, AppState, Limits};
-use crate::store::{Store, StoreError};
+use crate::store::{self, Store, StoreError};
 use crate::verify::Verifier;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +38,9 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         // Before anything is counted: metrics recorded with no recorder installed are lost.
         crate::metrics::handle();
-        let store =
-            Store::connect(settings.database_url.expose(), settings.database_pool_size).await?;
+        let store = store::open(&settings.database_url, settings.database_pool_size).await?;
         store.migrate().await?;
+        tracing::info!(store = %store.describe(), "store ready");
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -101,11 +102,11 @@ impl Application {
 }
 
 /// `prediction-inbox migrate`.
-pub async fn migrate(database_url: &str) -> Result<(), StartupError> {
-    let store = Store::connect(database_url, 1).await?;
+pub async fn migrate(database_url: &DatabaseUrl) -> Result<(), StartupError> {
+    let store = store::open(database_url, 1).await?;
     store.migrate().await?;
     store.close().await;
-    tracing::info!("migrations applied");
+    tracing::info!(store = %store.describe(), "migrations applied");
     Ok(())
 }
 

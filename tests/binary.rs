@@ -3,11 +3,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{SECRET, TOKEN, TestDatabase, now, prediction};
+use common::{Backend, SECRET, TOKEN, TestDatabase, TestStore, now, prediction};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_prediction-inbox");
@@ -30,7 +31,7 @@ fn missing_or_malformed_settings_stop_start_up_with_exit_2_naming_the_setting() 
         ("INBOX_API_TOKENS", TOKEN),
     ];
     for (key, value) in [
-        ("DATABASE_URL", ""),
+        ("DATABASE_URL", "mysql://127.0.0.1/inbox"),
         ("INBOX_WEBHOOK_SECRETS", ""),
         ("INBOX_WEBHOOK_SECRETS", "whsec_sup3r-secret!"),
         ("INBOX_API_TOKENS", ""),
@@ -98,17 +99,24 @@ struct Service {
 
 impl Service {
     fn start(database_url: &str) -> Self {
-        let mut child = command(&[
-            ("DATABASE_URL", database_url),
+        Self::start_with(&[("DATABASE_URL", database_url)], &std::env::temp_dir())
+    }
+
+    /// Runs in `folder` with `env` added to the settings every test needs.
+    fn start_with(env: &[(&str, &str)], folder: &Path) -> Self {
+        let base = [
             ("INBOX_WEBHOOK_SECRETS", SECRET),
             ("INBOX_API_TOKENS", TOKEN),
             ("INBOX_LISTEN", "127.0.0.1:0"),
             ("INBOX_LOG_FORMAT", "json"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ];
+        let env: Vec<_> = base.iter().chain(env).copied().collect();
+        let mut child = command(&env)
+            .current_dir(folder)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let (send, lines) = mpsc::channel();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -133,8 +141,11 @@ impl Service {
         service
     }
 
-    /// Waits for a log line containing `text`, and returns it.
+    /// The first log line containing `text`, waiting for it if it has not come yet.
     fn wait_for(&mut self, text: &str) -> String {
+        if let Some(line) = self.log.iter().find(|line| line.contains(text)) {
+            return line.clone();
+        }
         loop {
             let line = self
                 .lines
@@ -199,11 +210,33 @@ async fn read(address: &str, id: &str) -> String {
 }
 
 #[tokio::test]
-async fn nothing_acknowledged_is_lost_across_kill_9_and_sigterm_exits_0() {
-    let db = TestDatabase::create().await;
+async fn with_no_database_url_state_lives_in_a_sqlite_file_under_data() {
+    let folder = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("inbox-default-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&folder).unwrap();
+    let body = prediction("p1", "succeeded", "");
+    for round in 0..2 {
+        let mut service = Service::start_with(&[], &folder);
+        let line: Value = serde_json::from_str(&service.wait_for("store ready")).unwrap();
+        assert_eq!(line["store"], "sqlite at ./data/prediction-inbox.db");
+        if round == 0 {
+            assert_eq!(deliver(&service.address, &body).await.status(), 200);
+        }
+        // Kept across a restart.
+        assert_eq!(read(&service.address, "p1").await, body);
+        service.signal("-TERM");
+        assert_eq!(service.exit_code().0, Some(0));
+    }
+    assert!(folder.join("data/prediction-inbox.db").is_file());
+    std::fs::remove_dir_all(&folder).unwrap();
+}
+
+async fn nothing_acknowledged_is_lost_across_kill_9_and_sigterm_exits_0(backend: Backend) {
+    let store = TestStore::create(backend).await;
+    let url = store.url();
     let mut acknowledged: Vec<(String, String)> = Vec::new();
     for round in 0..3 {
-        let mut service = Service::start(&db.url);
+        let mut service = Service::start(&url);
         for (id, body) in &acknowledged {
             assert_eq!(
                 &read(&service.address, id).await,
@@ -219,7 +252,7 @@ async fn nothing_acknowledged_is_lost_across_kill_9_and_sigterm_exits_0() {
         service.child.wait().unwrap();
     }
 
-    let service = Service::start(&db.url);
+    let service = Service::start(&url);
     for (id, body) in &acknowledged {
         assert_eq!(&read(&service.address, id).await, body);
     }
@@ -359,7 +392,7 @@ async fn run(args: Vec<String>) -> std::process::Output {
 
 #[tokio::test]
 async fn send_test_delivers_a_whole_signed_life_and_reports_each_answer() {
-    let app = common::spawn_app().await;
+    let app = common::spawn_app(Backend::Postgres).await;
     let url = format!("{}/webhooks/replicate", app.address);
     let output = run(vec![
         "send-test".into(),
@@ -399,3 +432,5 @@ async fn send_test_delivers_a_whole_signed_life_and_reports_each_answer() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("-> 401"));
 }
+
+crate::on_each_backend!(nothing_acknowledged_is_lost_across_kill_9_and_sigterm_exits_0);

@@ -5,12 +5,11 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::{Delivery, TestApp, now, prediction, spawn_app, spawn_app_with};
+use common::{Backend, Delivery, TestApp, now, prediction, spawn_app, spawn_app_with};
 
 /// (first delivered, then delivered, the second's receipt, which one is the latest state after)
-#[tokio::test]
-async fn the_contract_table_through_the_database() {
-    let app = spawn_app().await;
+async fn the_contract_table_through_the_database(backend: Backend) {
+    let app = spawn_app(backend).await;
     let t = now();
     let cases = [
         (("starting", "", t), ("processing", "", t), "applied", 2),
@@ -126,9 +125,8 @@ fn permutations(n: usize) -> Vec<Vec<usize>> {
     all
 }
 
-#[tokio::test]
-async fn every_ordering_with_duplicates_ends_in_the_in_order_state() {
-    let app = spawn_app().await;
+async fn every_ordering_with_duplicates_ends_in_the_in_order_state(backend: Backend) {
+    let app = spawn_app(backend).await;
     let t = now();
     for (n, order) in permutations(4).into_iter().enumerate() {
         let id = format!("order{n}");
@@ -152,12 +150,11 @@ async fn every_ordering_with_duplicates_ends_in_the_in_order_state() {
     assert_eq!(app.count("deliveries").await, 24 * 4);
 }
 
-#[tokio::test]
-async fn a_concurrent_storm_ends_in_the_right_states_without_5xx() {
+async fn a_concurrent_storm_ends_in_the_right_states_without_5xx(backend: Backend) {
     const PREDICTIONS: usize = 150;
     const SENDERS: usize = 48;
     // A bigger pool than senders would hide contention; keep the default.
-    let app = Arc::new(spawn_app_with(&[]).await);
+    let app = Arc::new(spawn_app_with(backend, &[]).await);
     let t = now();
     let mut sends = Vec::new();
     let mut expected = HashMap::new();
@@ -215,3 +212,9 @@ async fn send_all(app: &TestApp, queue: &std::sync::Mutex<Vec<Delivery>>) -> Vec
         results.push((status, receipt));
     }
 }
+
+crate::on_each_backend!(
+    the_contract_table_through_the_database,
+    every_ordering_with_duplicates_ends_in_the_in_order_state,
+    a_concurrent_storm_ends_in_the_right_states_without_5xx,
+);

@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::spawn_app;
+use common::{Backend, spawn_app};
 use serde_json::Value;
 
 /// Every route of the contract.
@@ -19,8 +19,8 @@ const ROUTES: [(&str, &str); 8] = [
     ("get", "/openapi.json"),
 ];
 
-async fn description() -> (common::TestApp, Value, String) {
-    let app = spawn_app().await;
+async fn description(backend: Backend) -> (common::TestApp, Value, String) {
+    let app = spawn_app(backend).await;
     let response = app
         .client
         .get(format!("{}/openapi.json", app.address))
@@ -33,11 +33,10 @@ async fn description() -> (common::TestApp, Value, String) {
     (app, serde_json::from_str(&text).unwrap(), text)
 }
 
-#[tokio::test]
-async fn the_description_is_valid_openapi_3_1() {
-    let (_app, doc, text) = description().await;
+async fn the_description_is_valid_openapi_3_1(backend: Backend) {
+    let (_app, doc, text) = description(backend).await;
     assert_eq!(doc["openapi"], "3.1.0");
-    let file = std::env::temp_dir().join(format!("inbox-openapi-{}.json", std::process::id()));
+    let file = std::env::temp_dir().join(format!("inbox-openapi-{}.json", fastrand::u64(..)));
     std::fs::write(&file, text).unwrap();
     let output = std::process::Command::new("python3")
         .args(["-m", "openapi_spec_validator"])
@@ -57,9 +56,8 @@ async fn the_description_is_valid_openapi_3_1() {
     assert!(output.status.success(), "{said}");
 }
 
-#[tokio::test]
-async fn every_route_is_described_and_every_described_route_is_served() {
-    let (app, doc, _) = description().await;
+async fn every_route_is_described_and_every_described_route_is_served(backend: Backend) {
+    let (app, doc, _) = description(backend).await;
     let described: BTreeSet<(String, String)> = doc["paths"]
         .as_object()
         .unwrap()
@@ -93,9 +91,8 @@ async fn every_route_is_described_and_every_described_route_is_served() {
     }
 }
 
-#[tokio::test]
-async fn headers_and_problems_are_described() {
-    let (_app, doc, _) = description().await;
+async fn headers_and_problems_are_described(backend: Backend) {
+    let (_app, doc, _) = description(backend).await;
     let parameters = |method: &str, path: &str| -> Vec<String> {
         doc["paths"][path][method]["parameters"]
             .as_array()
@@ -144,3 +141,9 @@ async fn headers_and_problems_are_described() {
     assert!(applied.get("Preference-Applied").is_some());
     assert!(doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer");
 }
+
+crate::on_each_backend!(
+    the_description_is_valid_openapi_3_1,
+    every_route_is_described_and_every_described_route_is_served,
+    headers_and_problems_are_described,
+);

@@ -2,12 +2,11 @@
 
 mod common;
 
-use common::{Delivery, assert_problem, prediction, spawn_app, spawn_app_with};
+use common::{Backend, Delivery, assert_problem, prediction, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 
-#[tokio::test]
-async fn probes_answer() {
-    let app = spawn_app().await;
+async fn probes_answer(backend: Backend) {
+    let app = spawn_app(backend).await;
     for path in ["/healthz", "/readyz"] {
         let response = app
             .client
@@ -19,9 +18,8 @@ async fn probes_answer() {
     }
 }
 
-#[tokio::test]
-async fn unknown_routes_and_methods_are_problems() {
-    let app = spawn_app().await;
+async fn unknown_routes_and_methods_are_problems(backend: Backend) {
+    let app = spawn_app(backend).await;
     assert_problem(app.get("/v2/anything").await, StatusCode::NOT_FOUND).await;
     let response = app
         .client
@@ -40,17 +38,12 @@ async fn unknown_routes_and_methods_are_problems() {
     assert_problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
 }
 
-#[tokio::test]
-async fn a_request_stuck_on_the_database_gets_503_within_the_timeout() {
-    let app = spawn_app_with(&[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
+async fn a_request_stuck_on_the_database_gets_503_within_the_timeout(backend: Backend) {
+    let app = spawn_app_with(backend, &[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
     let first = Delivery::new(prediction("p1", "starting", ""));
     app.deliver(&first).await;
-    // Another session holds the prediction's row, so the write waits on its lock.
-    let mut blocker = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM predictions WHERE id = 'p1' FOR UPDATE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    // Another session holds the lock the write needs, so the write waits.
+    let blocker = app.block_writes().await;
 
     let started = std::time::Instant::now();
     let response = app
@@ -60,7 +53,7 @@ async fn a_request_stuck_on_the_database_gets_503_within_the_timeout() {
     assert!(response.headers().contains_key("retry-after"));
     assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
 
-    blocker.rollback().await.unwrap();
+    blocker.release().await;
     assert_eq!(
         app.prediction("p1").await.as_deref(),
         Some(first.body.as_str())
@@ -68,10 +61,9 @@ async fn a_request_stuck_on_the_database_gets_503_within_the_timeout() {
     assert_eq!(app.count("deliveries").await, 1);
 }
 
-#[tokio::test]
-async fn the_service_speaks_cleartext_http2_too() {
+async fn the_service_speaks_cleartext_http2_too(backend: Backend) {
     // Many parked waits are far cheaper multiplexed on a few HTTP/2 connections (docs/benchmarks.md).
-    let app = spawn_app().await;
+    let app = spawn_app(backend).await;
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -90,9 +82,8 @@ async fn the_service_speaks_cleartext_http2_too() {
     assert_eq!(response.headers()["preference-applied"], "wait=5");
 }
 
-#[tokio::test]
-async fn every_answer_carries_a_request_id_and_keeps_the_callers() {
-    let app = spawn_app().await;
+async fn every_answer_carries_a_request_id_and_keeps_the_callers(backend: Backend) {
+    let app = spawn_app(backend).await;
     let kept = app
         .client
         .get(format!("{}/healthz", app.address))
@@ -146,9 +137,8 @@ async fn dribble(address: &str, first: &str, then: &str) -> (std::time::Duration
     )
 }
 
-#[tokio::test]
-async fn a_client_dribbling_its_headers_is_cut_off() {
-    let app = spawn_app_with(&[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
+async fn a_client_dribbling_its_headers_is_cut_off(backend: Backend) {
+    let app = spawn_app_with(backend, &[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
     let (elapsed, _) = dribble(
         &app.address,
         "GET /healthz HTTP/1.1\r\n",
@@ -161,9 +151,8 @@ async fn a_client_dribbling_its_headers_is_cut_off() {
     );
 }
 
-#[tokio::test]
-async fn a_client_that_connects_and_says_nothing_is_cut_off() {
-    let app = spawn_app_with(&[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
+async fn a_client_that_connects_and_says_nothing_is_cut_off(backend: Backend) {
+    let app = spawn_app_with(backend, &[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
     for first in ["", "P", "PRI * HTTP/2.0\r\n"] {
         let (elapsed, _) = dribble(&app.address, first, "").await;
         assert!(
@@ -173,9 +162,8 @@ async fn a_client_that_connects_and_says_nothing_is_cut_off() {
     }
 }
 
-#[tokio::test]
-async fn a_client_stalling_its_body_gets_503_within_the_timeout() {
-    let app = spawn_app_with(&[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
+async fn a_client_stalling_its_body_gets_503_within_the_timeout(backend: Backend) {
+    let app = spawn_app_with(backend, &[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
     let head = "POST /webhooks/replicate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{\"id\":";
     let (elapsed, answer) = dribble(&app.address, head, "").await;
     assert!(
@@ -188,10 +176,10 @@ async fn a_client_stalling_its_body_gets_503_within_the_timeout() {
 
 #[tokio::test]
 async fn a_read_stuck_on_the_database_gets_503_within_the_timeout() {
-    let app = spawn_app_with(&[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
+    let app = spawn_app_with(Backend::Postgres, &[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
     app.deliver(&Delivery::new(prediction("p1", "processing", "")))
         .await;
-    let mut blocker = app.pool.begin().await.unwrap();
+    let mut blocker = app.postgres().1.begin().await.unwrap();
     sqlx::query("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *blocker)
         .await
@@ -218,3 +206,14 @@ async fn a_read_stuck_on_the_database_gets_503_within_the_timeout() {
     blocker.rollback().await.unwrap();
     assert_eq!(app.get("/v1/predictions/p1").await.status(), StatusCode::OK);
 }
+
+crate::on_each_backend!(
+    probes_answer,
+    unknown_routes_and_methods_are_problems,
+    a_request_stuck_on_the_database_gets_503_within_the_timeout,
+    the_service_speaks_cleartext_http2_too,
+    every_answer_carries_a_request_id_and_keeps_the_callers,
+    a_client_dribbling_its_headers_is_cut_off,
+    a_client_that_connects_and_says_nothing_is_cut_off,
+    a_client_stalling_its_body_gets_503_within_the_timeout,
+);

@@ -4,13 +4,12 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Delivery, TOKEN, TestApp, assert_problem, prediction, spawn_app};
+use common::{Backend, Delivery, TOKEN, TestApp, assert_problem, prediction, spawn_app};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-#[tokio::test]
-async fn reading_needs_an_accepted_bearer_token() {
-    let app = spawn_app().await;
+async fn reading_needs_an_accepted_bearer_token(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.deliver(&Delivery::new(prediction("p1", "starting", "")))
         .await;
     for path in ["/v1/predictions/p1", "/v1/predictions"] {
@@ -45,9 +44,8 @@ async fn reading_needs_an_accepted_bearer_token() {
     }
 }
 
-#[tokio::test]
-async fn an_unknown_prediction_is_a_404_problem() {
-    let app = spawn_app().await;
+async fn an_unknown_prediction_is_a_404_problem(backend: Backend) {
+    let app = spawn_app(backend).await;
     assert_problem(app.get("/v1/predictions/nope").await, StatusCode::NOT_FOUND).await;
     // An id that could never have been stored is just as unknown.
     let long = "x".repeat(5000);
@@ -64,9 +62,8 @@ async fn an_unknown_prediction_is_a_404_problem() {
     .await;
 }
 
-#[tokio::test]
-async fn a_prediction_is_served_as_json_exactly_as_received() {
-    let app = spawn_app().await;
+async fn a_prediction_is_served_as_json_exactly_as_received(backend: Backend) {
+    let app = spawn_app(backend).await;
     let body = "{ \"id\" : \"p1\", \"status\":\"processing\", \"z\":1.0e3, \"a\":\"é中😀\" }";
     app.deliver(&Delivery::new(body)).await;
     let response = app.get("/v1/predictions/p1").await;
@@ -110,9 +107,8 @@ fn ids(page: &Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn the_list_is_newest_first_with_replicates_shape() {
-    let app = spawn_app().await;
+async fn the_list_is_newest_first_with_replicates_shape(backend: Backend) {
+    let app = spawn_app(backend).await;
     seed(&app, 3, |_, _| {}).await;
     let first = page(&app, &format!("{}/v1/predictions", app.address)).await;
     assert_eq!(ids(&first), ["p002", "p001", "p000"]);
@@ -125,9 +121,8 @@ async fn the_list_is_newest_first_with_replicates_shape() {
     );
 }
 
-#[tokio::test]
-async fn pagination_returns_every_prediction_exactly_once_both_ways() {
-    let app = spawn_app().await;
+async fn pagination_returns_every_prediction_exactly_once_both_ways(backend: Backend) {
+    let app = spawn_app(backend).await;
     // Two share a created_at, so the id must break the tie.
     seed(&app, 250, |i, body| {
         if i == 101 {
@@ -153,9 +148,8 @@ async fn pagination_returns_every_prediction_exactly_once_both_ways() {
     assert_eq!(back["previous"], Value::Null);
 }
 
-#[tokio::test]
-async fn filters_narrow_the_list_and_survive_in_the_cursor() {
-    let app = spawn_app().await;
+async fn filters_narrow_the_list_and_survive_in_the_cursor(backend: Backend) {
+    let app = spawn_app(backend).await;
     seed(&app, 30, |i, body| {
         body["status"] = if i % 3 == 0 {
             "succeeded"
@@ -197,9 +191,8 @@ async fn filters_narrow_the_list_and_survive_in_the_cursor() {
     assert!(all("status=starting").await.is_empty());
 }
 
-#[tokio::test]
-async fn bad_list_parameters_are_400_problems() {
-    let app = spawn_app().await;
+async fn bad_list_parameters_are_400_problems(backend: Backend) {
+    let app = spawn_app(backend).await;
     for query in [
         "limit=0",
         "limit=1001",
@@ -219,9 +212,8 @@ async fn bad_list_parameters_are_400_problems() {
     );
 }
 
-#[tokio::test]
-async fn next_links_honour_the_forwarded_origin() {
-    let app = spawn_app().await;
+async fn next_links_honour_the_forwarded_origin(backend: Backend) {
+    let app = spawn_app(backend).await;
     seed(&app, 2, |_, _| {}).await;
     let response = app
         .client
@@ -239,3 +231,14 @@ async fn next_links_honour_the_forwarded_origin() {
         "{next}"
     );
 }
+
+crate::on_each_backend!(
+    reading_needs_an_accepted_bearer_token,
+    an_unknown_prediction_is_a_404_problem,
+    a_prediction_is_served_as_json_exactly_as_received,
+    the_list_is_newest_first_with_replicates_shape,
+    pagination_returns_every_prediction_exactly_once_both_ways,
+    filters_narrow_the_list_and_survive_in_the_cursor,
+    bad_list_parameters_are_400_problems,
+    next_links_honour_the_forwarded_origin,
+);

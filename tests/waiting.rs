@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Delivery, EventStream, Instance, TOKEN, TestApp, assert_problem, prediction, spawn_app,
-    spawn_app_with,
+    Backend, Delivery, EventStream, Instance, TOKEN, TestApp, assert_problem, prediction,
+    spawn_app, spawn_app_with,
 };
 use reqwest::{Response, StatusCode};
 
@@ -60,9 +60,8 @@ async fn woken_wait(
     status_of(response).await
 }
 
-#[tokio::test]
-async fn a_wait_returns_as_soon_as_a_delivery_completes_the_prediction() {
-    let app = spawn_app().await;
+async fn a_wait_returns_as_soon_as_a_delivery_completes_the_prediction(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.deliver(&Delivery::new(prediction("p1", "processing", "a")))
         .await;
     let status = woken_wait(&app, &app.instance(), "p1", async {
@@ -76,9 +75,8 @@ async fn a_wait_returns_as_soon_as_a_delivery_completes_the_prediction() {
     parked(&app.changes, 0).await;
 }
 
-#[tokio::test]
-async fn a_wait_times_out_with_the_current_state() {
-    let app = spawn_app().await;
+async fn a_wait_times_out_with_the_current_state(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.deliver(&Delivery::new(prediction("p1", "processing", "")))
         .await;
     let started = Instant::now();
@@ -88,9 +86,8 @@ async fn a_wait_times_out_with_the_current_state() {
     assert_eq!(status_of(response).await, "processing");
 }
 
-#[tokio::test]
-async fn a_wait_on_a_finished_prediction_answers_at_once() {
-    let app = spawn_app().await;
+async fn a_wait_on_a_finished_prediction_answers_at_once(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.deliver(&Delivery::new(prediction("p1", "canceled", "")))
         .await;
     let started = Instant::now();
@@ -108,9 +105,8 @@ async fn a_wait_on_a_finished_prediction_answers_at_once() {
     );
 }
 
-#[tokio::test]
-async fn a_wait_on_an_unknown_id_follows_it_from_start_to_completion() {
-    let app = spawn_app().await;
+async fn a_wait_on_an_unknown_id_follows_it_from_start_to_completion(backend: Backend) {
+    let app = spawn_app(backend).await;
     let waiting = wait(&app, &app.address, "new", "respond-async, wait=30");
     let deliver = async {
         parked(&app.changes, 1).await;
@@ -126,9 +122,8 @@ async fn a_wait_on_an_unknown_id_follows_it_from_start_to_completion() {
     assert_eq!(status_of(response).await, "failed");
 }
 
-#[tokio::test]
-async fn a_wait_on_an_id_that_never_arrives_is_404_after_the_wait() {
-    let app = spawn_app().await;
+async fn a_wait_on_an_id_that_never_arrives_is_404_after_the_wait(backend: Backend) {
+    let app = spawn_app(backend).await;
     let started = Instant::now();
     let response = wait(&app, &app.address, "ghost", "wait=1").await;
     assert!(started.elapsed() >= Duration::from_secs(1));
@@ -136,9 +131,8 @@ async fn a_wait_on_an_id_that_never_arrives_is_404_after_the_wait() {
     assert_problem(response, StatusCode::NOT_FOUND).await;
 }
 
-#[tokio::test]
-async fn malformed_or_out_of_range_waits_are_400() {
-    let app = spawn_app().await;
+async fn malformed_or_out_of_range_waits_are_400(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.deliver(&Delivery::new(prediction("p1", "processing", "")))
         .await;
     for prefer in [
@@ -154,7 +148,7 @@ async fn malformed_or_out_of_range_waits_are_400() {
 
 #[tokio::test]
 async fn a_delivery_to_one_replica_wakes_a_waiter_on_another() {
-    let app = spawn_app().await;
+    let app = spawn_app(Backend::Postgres).await;
     let other = app.another_instance().await;
     app.deliver(&Delivery::new(prediction("p1", "processing", "")))
         .await;
@@ -166,9 +160,8 @@ async fn a_delivery_to_one_replica_wakes_a_waiter_on_another() {
     assert_eq!(status, "succeeded");
 }
 
-#[tokio::test]
-async fn the_event_stream_yields_every_advance_in_order_then_done() {
-    let app = spawn_app().await;
+async fn the_event_stream_yields_every_advance_in_order_then_done(backend: Backend) {
+    let app = spawn_app(backend).await;
     let life = [
         prediction("p1", "starting", ""),
         prediction("p1", "processing", "a\r\nb"),
@@ -193,9 +186,8 @@ async fn the_event_stream_yields_every_advance_in_order_then_done() {
     parked(&app.changes, 0).await;
 }
 
-#[tokio::test]
-async fn an_event_stream_on_a_finished_prediction_sends_it_and_done() {
-    let app = spawn_app().await;
+async fn an_event_stream_on_a_finished_prediction_sends_it_and_done(backend: Backend) {
+    let app = spawn_app(backend).await;
     // Pretty-printed with CRLF: carriage returns cannot travel in SSE and must not break it.
     let body = prediction("p1", "succeeded", "").replace(',', ",\r\n  ");
     app.deliver(&Delivery::new(body.clone())).await;
@@ -207,9 +199,8 @@ async fn an_event_stream_on_a_finished_prediction_sends_it_and_done() {
     assert_eq!(events.next().await, None);
 }
 
-#[tokio::test]
-async fn clients_that_go_away_leave_no_waiter_behind() {
-    let app = spawn_app().await;
+async fn clients_that_go_away_leave_no_waiter_behind(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.deliver(&Delivery::new(prediction("p1", "processing", "")))
         .await;
     let impatient = reqwest::Client::builder()
@@ -230,12 +221,12 @@ async fn clients_that_go_away_leave_no_waiter_behind() {
 
 #[tokio::test]
 async fn a_waiter_is_woken_after_the_listener_loses_its_connection() {
-    let app = spawn_app().await;
+    let app = spawn_app(Backend::Postgres).await;
     app.deliver(&Delivery::new(prediction("p1", "processing", "")))
         .await;
     let status = woken_wait(&app, &app.instance(), "p1", async {
         // Every connection of the service goes, the listener's included.
-        app.db
+        app.postgres().0
             .admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND application_name = 'prediction-inbox'")
             .await;
         app.deliver(&Delivery::new(prediction("p1", "succeeded", ""))).await;
@@ -254,9 +245,8 @@ async fn a_waiter_is_woken_after_the_listener_loses_its_connection() {
     assert_eq!(status, "succeeded");
 }
 
-#[tokio::test]
-async fn past_the_waiter_cap_the_state_comes_at_once_without_a_wait() {
-    let app = spawn_app_with(&[("INBOX_MAX_WAITERS", "1")]).await;
+async fn past_the_waiter_cap_the_state_comes_at_once_without_a_wait(backend: Backend) {
+    let app = spawn_app_with(backend, &[("INBOX_MAX_WAITERS", "1")]).await;
     app.deliver(&Delivery::new(prediction("p1", "processing", "")))
         .await;
     let first = wait(&app, &app.address, "p1", "wait=30");
@@ -281,20 +271,33 @@ async fn past_the_waiter_cap_the_state_comes_at_once_without_a_wait() {
 
 #[tokio::test]
 async fn a_change_committed_while_nobody_listens_still_wakes_its_waiter() {
-    let app = spawn_app().await;
+    let app = spawn_app(Backend::Postgres).await;
     app.deliver(&Delivery::new(prediction("p1", "processing", "")))
         .await;
     let status = woken_wait(&app, &app.instance(), "p1", async {
         // The listener goes and cannot come back; the request pool's open connections stay.
-        app.db.admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false").await;
-        app.db
+        app.postgres().0.admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false").await;
+        app.postgres().0
             .admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND query ILIKE 'LISTEN%'")
             .await;
         // Committed in the gap: its notification reaches no one.
         app.deliver(&Delivery::new(prediction("p1", "succeeded", ""))).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        app.db.admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true").await;
+        app.postgres().0.admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true").await;
     })
     .await;
     assert_eq!(status, "succeeded", "the change in the gap was lost");
 }
+
+crate::on_each_backend!(
+    a_wait_returns_as_soon_as_a_delivery_completes_the_prediction,
+    a_wait_times_out_with_the_current_state,
+    a_wait_on_a_finished_prediction_answers_at_once,
+    a_wait_on_an_unknown_id_follows_it_from_start_to_completion,
+    a_wait_on_an_id_that_never_arrives_is_404_after_the_wait,
+    malformed_or_out_of_range_waits_are_400,
+    the_event_stream_yields_every_advance_in_order_then_done,
+    an_event_stream_on_a_finished_prediction_sends_it_and_done,
+    clients_that_go_away_leave_no_waiter_behind,
+    past_the_waiter_cap_the_state_comes_at_once_without_a_wait,
+);

@@ -2,12 +2,13 @@
 
 mod common;
 
-use common::{Delivery, assert_problem, fixture, now, prediction, spawn_app, spawn_app_with};
+use common::{
+    Backend, Delivery, assert_problem, fixture, now, prediction, spawn_app, spawn_app_with,
+};
 use reqwest::StatusCode;
 
-#[tokio::test]
-async fn a_verified_new_delivery_is_applied_and_stored_exactly() {
-    let app = spawn_app().await;
+async fn a_verified_new_delivery_is_applied_and_stored_exactly(backend: Backend) {
+    let app = spawn_app(backend).await;
     let body = fixture("04-succeeded.json");
     assert_eq!(app.deliver(&Delivery::new(body.clone())).await, "applied");
     assert_eq!(
@@ -16,18 +17,11 @@ async fn a_verified_new_delivery_is_applied_and_stored_exactly() {
             .as_deref(),
         Some(body.as_str())
     );
-    let (applied, stored_body): (bool, String) =
-        sqlx::query_as("SELECT applied, body::text FROM deliveries")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert!(applied);
-    assert_eq!(stored_body, body);
+    assert_eq!(app.deliveries().await, [(true, body)]);
 }
 
-#[tokio::test]
-async fn every_fixture_is_accepted_and_returned_byte_for_byte() {
-    let app = spawn_app().await;
+async fn every_fixture_is_accepted_and_returned_byte_for_byte(backend: Backend) {
+    let app = spawn_app(backend).await;
     for name in [
         "05-failed.json",
         "06-canceled.json",
@@ -51,9 +45,8 @@ async fn every_fixture_is_accepted_and_returned_byte_for_byte() {
     }
 }
 
-#[tokio::test]
-async fn an_older_delivery_is_recorded_but_ignored() {
-    let app = spawn_app().await;
+async fn an_older_delivery_is_recorded_but_ignored(backend: Backend) {
+    let app = spawn_app(backend).await;
     let t = now();
     let succeeded = Delivery::at(t, prediction("p1", "succeeded", "done"));
     assert_eq!(app.deliver(&succeeded).await, "applied");
@@ -69,18 +62,12 @@ async fn an_older_delivery_is_recorded_but_ignored() {
         app.prediction("p1").await.as_deref(),
         Some(succeeded.body.as_str())
     );
-    assert_eq!(app.count("deliveries").await, 2);
-    let applied: Vec<bool> =
-        sqlx::query_scalar("SELECT applied FROM deliveries ORDER BY received_at")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let applied: Vec<bool> = app.deliveries().await.into_iter().map(|d| d.0).collect();
     assert_eq!(applied, [true, false]);
 }
 
-#[tokio::test]
-async fn a_repeated_webhook_id_is_a_duplicate_and_writes_nothing() {
-    let app = spawn_app().await;
+async fn a_repeated_webhook_id_is_a_duplicate_and_writes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
     let starting = Delivery::new(prediction("p1", "starting", ""));
     assert_eq!(app.deliver(&starting).await, "applied");
     assert_eq!(app.deliver(&starting).await, "duplicate");
@@ -95,18 +82,16 @@ async fn a_repeated_webhook_id_is_a_duplicate_and_writes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn unknown_statuses_and_fields_are_kept() {
-    let app = spawn_app().await;
+async fn unknown_statuses_and_fields_are_kept(backend: Backend) {
+    let app = spawn_app(backend).await;
     let body =
         r#"{"id":"p1","status":"successful","new_field":{"nested":[1,2.50,"x"]},"output":null}"#;
     assert_eq!(app.deliver(&Delivery::new(body)).await, "applied");
     assert_eq!(app.prediction("p1").await.as_deref(), Some(body));
 }
 
-#[tokio::test]
-async fn unverifiable_deliveries_get_401_and_store_nothing() {
-    let app = spawn_app().await;
+async fn unverifiable_deliveries_get_401_and_store_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
     let good = Delivery::new(prediction("p1", "starting", ""));
     let url = format!("{}/webhooks/replicate", app.address);
     let signature = app.signature(&good);
@@ -173,9 +158,8 @@ async fn unverifiable_deliveries_get_401_and_store_nothing() {
     assert_eq!(app.count("predictions").await, 0);
 }
 
-#[tokio::test]
-async fn timestamps_outside_the_tolerance_get_401() {
-    let app = spawn_app_with(&[("INBOX_WEBHOOK_TOLERANCE_SECS", "60")]).await;
+async fn timestamps_outside_the_tolerance_get_401(backend: Backend) {
+    let app = spawn_app_with(backend, &[("INBOX_WEBHOOK_TOLERANCE_SECS", "60")]).await;
     for timestamp in [now() - 61, now() + 61] {
         let response = app
             .send(&Delivery::at(timestamp, prediction("p1", "starting", "")))
@@ -190,9 +174,8 @@ async fn timestamps_outside_the_tolerance_get_401() {
     assert_eq!(app.count("deliveries").await, 1);
 }
 
-#[tokio::test]
-async fn verified_bodies_that_are_not_predictions_get_400_and_store_nothing() {
-    let app = spawn_app().await;
+async fn verified_bodies_that_are_not_predictions_get_400_and_store_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
     let deep = format!(
         "{{\"id\":\"p\",\"o\":{}{}}}",
         "[".repeat(100_000),
@@ -226,9 +209,8 @@ async fn verified_bodies_that_are_not_predictions_get_400_and_store_nothing() {
     assert_eq!(app.count("deliveries").await, 0);
 }
 
-#[tokio::test]
-async fn a_body_over_the_limit_gets_413_and_stores_nothing() {
-    let app = spawn_app_with(&[("INBOX_MAX_BODY_BYTES", "1000")]).await;
+async fn a_body_over_the_limit_gets_413_and_stores_nothing(backend: Backend) {
+    let app = spawn_app_with(backend, &[("INBOX_MAX_BODY_BYTES", "1000")]).await;
     let big = prediction("p1", "starting", &"x".repeat(1000));
     let delivery = Delivery::new(big.clone());
     assert_problem(app.send(&delivery).await, StatusCode::PAYLOAD_TOO_LARGE).await;
@@ -256,14 +238,13 @@ async fn a_body_over_the_limit_gets_413_and_stores_nothing() {
 
 #[tokio::test]
 async fn an_unreachable_database_gets_503_with_retry_after_and_the_retry_lands() {
-    let app = spawn_app().await;
+    let app = spawn_app(Backend::Postgres).await;
     let delivery = Delivery::new(prediction("p1", "succeeded", ""));
-    app.pool.close().await;
-    app.db
-        .admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false")
+    let (db, pool) = app.postgres();
+    pool.close().await;
+    db.admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false")
         .await;
-    app.db
-        .admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
+    db.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
         .await;
 
     let response = app.send(&delivery).await;
@@ -277,8 +258,7 @@ async fn an_unreachable_database_gets_503_with_retry_after_and_the_retry_lands()
         .unwrap();
     assert_problem(ready, StatusCode::SERVICE_UNAVAILABLE).await;
 
-    app.db
-        .admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true")
+    db.admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true")
         .await;
     // The sender's retry carries the same webhook-id and is the first to be recorded.
     assert_eq!(app.deliver(&delivery).await, "applied");
@@ -288,18 +268,22 @@ async fn an_unreachable_database_gets_503_with_retry_after_and_the_retry_lands()
     );
 }
 
-#[tokio::test]
-async fn a_failing_statement_gets_503_and_loses_nothing_stored() {
-    let app = spawn_app().await;
+async fn a_failing_statement_gets_503_and_loses_nothing_stored(backend: Backend) {
+    let app = spawn_app(backend).await;
     let first = Delivery::new(prediction("p1", "starting", ""));
     assert_eq!(app.deliver(&first).await, "applied");
-    // A constraint the service's write violates stands in for any statement the database refuses.
-    sqlx::query(
-        "ALTER TABLE deliveries ADD CONSTRAINT refuse CHECK (webhook_timestamp < 0) NOT VALID",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    // A write the database refuses, after the prediction's upsert, stands in for any statement
+    // that fails mid-transaction.
+    app.execute(match backend {
+        Backend::Postgres => {
+            "ALTER TABLE deliveries ADD CONSTRAINT refuse CHECK (webhook_timestamp < 0) NOT VALID"
+        }
+        // The SQLite backend records the delivery first and marks it applied after the upsert.
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse BEFORE UPDATE ON deliveries BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        }
+    })
+    .await;
     let second = Delivery::new(prediction("p1", "succeeded", ""));
     assert_problem(app.send(&second).await, StatusCode::SERVICE_UNAVAILABLE).await;
     // The whole transaction rolled back: the upsert that ran before the refused insert is undone.
@@ -309,3 +293,16 @@ async fn a_failing_statement_gets_503_and_loses_nothing_stored() {
     );
     assert_eq!(app.count("deliveries").await, 1);
 }
+
+crate::on_each_backend!(
+    a_verified_new_delivery_is_applied_and_stored_exactly,
+    every_fixture_is_accepted_and_returned_byte_for_byte,
+    an_older_delivery_is_recorded_but_ignored,
+    a_repeated_webhook_id_is_a_duplicate_and_writes_nothing,
+    unknown_statuses_and_fields_are_kept,
+    unverifiable_deliveries_get_401_and_store_nothing,
+    timestamps_outside_the_tolerance_get_401,
+    verified_bodies_that_are_not_predictions_get_400_and_store_nothing,
+    a_body_over_the_limit_gets_413_and_stores_nothing,
+    a_failing_statement_gets_503_and_loses_nothing_stored,
+);

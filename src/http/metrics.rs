@@ -58,13 +58,21 @@ async fn scrape(State(state): State<AppState>) -> Response {
     if state.last_count.claim() {
         match tokio::time::timeout(COUNT_TIMEOUT, state.store.count_by_status()).await {
             Ok(Ok(counts)) => {
-                for status in Status::KNOWN.into_iter().chain(["other"]) {
-                    let count = counts
+                // A sender's made-up status is counted as `other`, never made a label.
+                let count_of = |wanted: Option<&str>| -> i64 {
+                    counts
                         .iter()
-                        .find(|(s, _)| s == status)
-                        .map_or(0, |(_, n)| *n);
-                    metrics::predictions(status, count);
+                        .filter(|(status, _)| {
+                            let known = status.as_deref().filter(|s| Status::KNOWN.contains(s));
+                            known == wanted
+                        })
+                        .map(|(_, n)| n)
+                        .sum()
+                };
+                for status in Status::KNOWN {
+                    metrics::predictions(status, count_of(Some(status)));
                 }
+                metrics::predictions("other", count_of(None));
             }
             // The last figures stay; the next due scrape tries again.
             Ok(Err(error)) => tracing::warn!(%error, "cannot count predictions"),

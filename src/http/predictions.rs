@@ -25,7 +25,7 @@ use super::auth::Authenticated;
 use super::error::{PROBLEM_JSON, Problem};
 use super::{ApiError, AppState, Limits, timeout};
 use crate::changes::Registration;
-use crate::store::{Direction, ListQuery, Page, Position, Store, StoreError, StoredPrediction};
+use crate::store::{Direction, ListQuery, Page, Position, Store, StoredPrediction};
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
@@ -132,7 +132,7 @@ async fn read_or_wait(state: &AppState, id: &str, wait: Option<u64>) -> Result<R
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
-        let current = reread(&state.store, id).await?;
+        let current = state.store.prediction(id).await?;
         if current.as_ref().is_some_and(StoredPrediction::is_terminal) {
             return Ok(answer(current, Some(wait)));
         }
@@ -143,13 +143,6 @@ async fn read_or_wait(state: &AppState, id: &str, wait: Option<u64>) -> Result<R
             () = tokio::time::sleep_until(deadline) => return Ok(answer(current, Some(wait))),
         }
     }
-}
-
-/// The read a waiter repeats on each wake-up. Boxed: a future is as large as its largest await
-/// point, and a parked waiter (a `Prefer: wait` or an event stream) should not carry the query's
-/// state while it waits.
-async fn reread(store: &Store, id: &str) -> Result<Option<StoredPrediction>, StoreError> {
-    Box::pin(store.prediction(id)).await
 }
 
 /// The prediction, or 404; with `Preference-Applied: wait=N` when a wait was asked for.
@@ -278,7 +271,7 @@ impl Watch {
             Phase::Watching => {}
         }
         loop {
-            match reread(&self.store, &self.id).await {
+            match self.store.prediction(&self.id).await {
                 Ok(Some(current)) if self.last_sent.as_deref() != Some(current.body.as_str()) => {
                     if current.is_terminal() {
                         self.phase = Phase::Terminal;

@@ -1,26 +1,92 @@
-//! Postgres: where deliveries and latest states live. Plain SQL; the only decision made here is
-//! the one the database must make atomically — whether a delivery's progress key is greater than
-//! the stored one (see `domain::Progress`).
+//! Where deliveries and latest states live: one small interface, [`Storage`], and two backends
+//! behind it, each with its own SQL and migrations.
+//!
+//! - [`postgres`]: production, and any number of replicas over one database; committed changes are
+//!   announced to every process with `NOTIFY`.
+//! - [`sqlite`]: an embedded file for one process and zero setup; changes are announced in process.
+//!
+//! The only decision a backend makes is the one the database must make atomically: whether a
+//! delivery's progress key is greater than the stored one (see `domain::Progress`).
 
-mod listen;
-mod predictions;
+mod keyset;
+mod postgres;
+mod sqlite;
 
-use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
 
 use serde::Serialize;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 
+use crate::config::DatabaseUrl;
 use crate::domain::{Prediction, Progress, Status, WebhookId};
 
-pub use listen::ChangeListener;
-pub use predictions::{Direction, ListQuery, Page, Position, StoredPrediction};
+/// The store the service runs on, shared by every request.
+pub type Store = Arc<dyn Storage>;
 
-/// How long a request waits for a pooled connection before the database counts as unavailable.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A statement running longer than this is cancelled by the server.
-const STATEMENT_TIMEOUT: &str = "10s";
+/// What the service needs of a database. Every method that touches data is one transaction or
+/// one consistent read. Its futures are boxed, which parked waiters rely on: a future is as large
+/// as its largest await point, and a waiter should not carry a query's state while it waits.
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Which backend, and where its data is, for the start-up log: never a password.
+    fn describe(&self) -> String;
+
+    /// Applies pending migrations; safe to run from several processes at once.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Connections in use and idle.
+    fn pool_status(&self) -> (u32, usize);
+
+    /// How many predictions have each status, as stored (`None`: no status).
+    async fn count_by_status(&self) -> Result<Vec<(Option<String>, i64)>, StoreError>;
+
+    /// Records a delivery and advances its prediction's latest state if its progress is greater,
+    /// in one transaction: a caller told `Applied` or `Ignored` may acknowledge the delivery. An
+    /// `Applied` change is announced to [`Storage::changes`] once committed.
+    async fn record(&self, delivery: &NewDelivery<'_>) -> Result<Outcome, StoreError>;
+
+    /// A prediction's latest state.
+    async fn prediction(&self, id: &str) -> Result<Option<StoredPrediction>, StoreError>;
+
+    /// A page of latest states, walked by keyset over `(created_at, id)`.
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// A feed of the ids of predictions whose change has been committed, by any process that
+    /// shares this database.
+    async fn changes(&self) -> Result<Box<dyn ChangeFeed>, StoreError>;
+
+    /// Waits for connections in use to be returned, then closes them.
+    async fn close(&self);
+}
+
+/// Ids of predictions whose change was committed, in commit order.
+#[async_trait::async_trait]
+pub trait ChangeFeed: Send {
+    /// The next id; `None` when changes may have been missed (a lost connection, a slow reader),
+    /// after which the feed goes on and the caller should re-read whatever it cares about.
+    async fn next(&mut self) -> Result<Option<String>, StoreError>;
+}
+
+/// Opens the store a URL names, without migrating: one connection up front, so a wrong URL fails
+/// at start-up.
+pub async fn open(url: &DatabaseUrl, pool_size: u32) -> Result<Store, StoreError> {
+    Ok(match url {
+        DatabaseUrl::Postgres(url) => Arc::new(postgres::Postgres::connect(url, pool_size).await?),
+        DatabaseUrl::Sqlite(url) => Arc::new(sqlite::Sqlite::open(url, pool_size).await?),
+    })
+}
+
+/// Predictions per stored status; the same SQL on either backend.
+const COUNT_BY_STATUS: &str = "SELECT status, count(*) FROM predictions GROUP BY status";
+
+/// A pool's connections in use and idle.
+fn pool_status<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> (u32, usize) {
+    let idle = pool.num_idle();
+    (pool.size().saturating_sub(idle as u32), idle)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,6 +94,11 @@ pub enum StoreError {
     Unavailable(#[from] sqlx::Error),
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the database's folder {path}: {source}")]
+    Folder {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// What recording one delivery did.
@@ -63,136 +134,66 @@ pub struct NewDelivery<'a> {
     pub received_at: OffsetDateTime,
 }
 
-/// The channel on which a committed change of a prediction is announced; the payload is its id.
-const CHANGES_CHANNEL: &str = "prediction_inbox_changes";
-
-#[derive(Clone)]
-pub struct Store {
-    pool: PgPool,
-}
-
-impl Store {
-    /// Connects (one connection up front, so a wrong URL fails at start-up) without migrating.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?
-            .application_name("prediction-inbox")
-            .options([("statement_timeout", STATEMENT_TIMEOUT)]);
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await?;
-        Ok(Self { pool })
+impl NewDelivery<'_> {
+    /// The list's sort key: the object's `created_at`, or when it was first received if it has none.
+    fn created_at(&self) -> OffsetDateTime {
+        self.prediction.created_at.unwrap_or(self.received_at)
     }
 
-    /// Applies pending migrations; safe to run from several replicas at once (sqlx takes a lock).
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations").run(&self.pool).await?;
-        Ok(())
-    }
-
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    /// Connections of the pool in use and idle.
-    pub fn pool_status(&self) -> (u32, usize) {
-        let idle = self.pool.num_idle();
-        (self.pool.size().saturating_sub(idle as u32), idle)
-    }
-
-    /// How many predictions have each documented status, and how many some other (or none).
-    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let counts = sqlx::query_as(
-            "SELECT CASE WHEN status = ANY($1) THEN status ELSE 'other' END, count(*) \
-             FROM predictions GROUP BY 1",
-        )
-        .bind(&Status::KNOWN[..])
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(counts)
-    }
-
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// Records a delivery and advances its prediction's latest state if its progress is greater,
-    /// in one transaction: a caller told `Applied` or `Ignored` may acknowledge the delivery.
-    pub async fn record(&self, delivery: &NewDelivery<'_>) -> Result<Outcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let applied: Option<bool> = sqlx::query_scalar(RECORD)
-            .bind(delivery.prediction.id.as_str())
-            .bind(delivery.prediction.status.as_ref().map(|s| s.as_str()))
-            .bind(delivery.prediction.model.as_deref())
-            .bind(delivery.prediction.version.as_deref())
-            .bind(
-                delivery
-                    .prediction
-                    .created_at
-                    .unwrap_or(delivery.received_at),
-            )
-            .bind(delivery.progress.rank)
-            .bind(delivery.progress.logs_len)
-            .bind(delivery.progress.timestamp)
-            .bind(delivery.body)
-            .bind(delivery.webhook_id.as_str())
-            .bind(delivery.webhook_timestamp)
-            .bind(delivery.received_at)
-            .fetch_optional(&mut *tx)
-            .await?;
-        match applied {
-            // The webhook-id was there already: undo the upsert the statement may have made.
-            None => {
-                tx.rollback().await?;
-                Ok(Outcome::Duplicate)
-            }
-            Some(applied) => {
-                if applied {
-                    // Delivered to listeners only when the transaction commits, so a woken waiter
-                    // always finds the new state.
-                    sqlx::query("SELECT pg_notify($1, $2)")
-                        .bind(CHANGES_CHANNEL)
-                        .bind(delivery.prediction.id.as_str())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(if applied {
-                    Outcome::Applied
-                } else {
-                    Outcome::Ignored
-                })
-            }
-        }
+    fn status(&self) -> Option<&str> {
+        self.prediction.status.as_ref().map(|s| s.as_str())
     }
 }
 
-/// One statement, so a delivery costs one round trip besides BEGIN/COMMIT. Concurrent deliveries
-/// of one prediction serialise on its row; the guard is re-checked against the newest version, so
-/// none is lost and none regresses it. `created_at` is never changed once set: it is the sort key.
-const RECORD: &str = r#"
-WITH latest AS (
-    INSERT INTO predictions AS p
-        (id, status, model, version, created_at,
-         progress_rank, progress_logs, progress_timestamp, updated_at, body)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $12, $9::json)
-    ON CONFLICT (id) DO UPDATE SET
-        status = excluded.status,
-        model = excluded.model,
-        version = excluded.version,
-        progress_rank = excluded.progress_rank,
-        progress_logs = excluded.progress_logs,
-        progress_timestamp = excluded.progress_timestamp,
-        updated_at = excluded.updated_at,
-        body = excluded.body
-    WHERE (p.progress_rank, p.progress_logs, p.progress_timestamp)
-        < (excluded.progress_rank, excluded.progress_logs, excluded.progress_timestamp)
-    RETURNING 1
-)
-INSERT INTO deliveries (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body)
-VALUES ($10, $1, $11, $12, EXISTS (SELECT 1 FROM latest), $9::json)
-ON CONFLICT (webhook_id) DO NOTHING
-RETURNING applied
-"#;
+/// A prediction's latest state: the body exactly as received, and its place in the list.
+#[derive(Debug, sqlx::FromRow)]
+pub struct StoredPrediction {
+    pub id: String,
+    pub status: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub body: String,
+}
+
+impl StoredPrediction {
+    pub fn is_terminal(&self) -> bool {
+        self.status
+            .as_deref()
+            .is_some_and(|status| Status::parse(status).is_terminal())
+    }
+}
+
+/// A place in the list (newest first by `created_at`, then `id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub created_at: OffsetDateTime,
+    pub id: String,
+}
+
+/// Which way a page goes from a position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Entries after the position in list order (older).
+    Older,
+    /// Entries before it (newer): the way back.
+    Newer,
+}
+
+#[derive(Debug, Default)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub model: Option<String>,
+    pub version: Option<String>,
+    pub created_after: Option<OffsetDateTime>,
+    pub created_before: Option<OffsetDateTime>,
+    /// `None`: the first page.
+    pub from: Option<(Direction, Position)>,
+    pub limit: u32,
+}
+
+/// A page, newest first, and whether there is more on either side of it.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<StoredPrediction>,
+    pub has_older: bool,
+    pub has_newer: bool,
+}

@@ -1,8 +1,11 @@
-//! What every API test needs: the real service on a random port over a fresh database, and a client
-//! that signs deliveries the way the platform does.
+//! What every API test needs: the real service on a random port over a fresh database — Postgres or
+//! SQLite — and a client that signs deliveries the way the platform does.
 #![allow(dead_code)] // each test binary uses its own share of these helpers
 
+mod throwaway;
+
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prediction_inbox::changes::Changes;
@@ -11,7 +14,7 @@ use prediction_inbox::startup::Application;
 use prediction_inbox::verify::Secret;
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::{Connection, Executor, PgConnection, PgPool, SqlitePool};
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const TOKEN: &str = "test-token";
@@ -23,32 +26,52 @@ pub struct TestDatabase {
     name: String,
 }
 
-/// The server the tests use: `TEST_DATABASE_URL`, else the local default.
-pub fn server_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+/// Runs each named `async fn(Backend)` once on each backend, as the tests `name::postgres` and
+/// `name::sqlite`. A test function left out of the list is dead code, which clippy refuses.
+#[macro_export]
+macro_rules! on_each_backend {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn postgres() {
+                super::$test($crate::common::Backend::Postgres).await;
+            }
+            #[tokio::test]
+            async fn sqlite() {
+                super::$test($crate::common::Backend::Sqlite).await;
+            }
+        }
+    )+};
+}
+
+/// Which store a test's service runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        fastrand::u32(..)
+    )
 }
 
 impl TestDatabase {
+    /// On the server at `TEST_DATABASE_URL` (else 127.0.0.1:5432), or, if none answers there, on a
+    /// throwaway server this test process starts.
     pub async fn create() -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let server = server_url();
-        let mut admin = url::Url::parse(&server).expect("TEST_DATABASE_URL is a URL");
+        let server = throwaway::server().await;
+        let mut admin = url::Url::parse(server).expect("the server's URL");
         admin.set_path("/postgres");
-        let name = format!(
-            "inbox_test_{}_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-            fastrand::u32(..)
-        );
+        let name = unique_name("inbox_test");
         let mut connection = PgConnection::connect(admin.as_str())
             .await
-            .unwrap_or_else(|error| {
-                panic!(
-                    "the database tests need PostgreSQL, and none answers at {server} ({error}). \
-                 Start one, or set TEST_DATABASE_URL=postgres://user:password@host:port"
-                )
-            });
+            .expect("connect to the test server");
         connection
             .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
             .await
@@ -99,13 +122,91 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A SQLite file made for one test and removed after it.
+pub struct TestFile {
+    pub path: PathBuf,
+}
+
+impl TestFile {
+    pub fn create() -> Self {
+        let folder = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sqlite");
+        std::fs::create_dir_all(&folder).expect("a folder for test databases");
+        Self {
+            path: folder.join(format!("{}.db", unique_name("inbox_test"))),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+}
+
+impl Drop for TestFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.path.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A test's database, and a pool of its own onto it to look at what the service wrote.
+pub enum TestStore {
+    Postgres { db: TestDatabase, pool: PgPool },
+    Sqlite { file: TestFile, pool: SqlitePool },
+}
+
+impl TestStore {
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => {
+                let db = TestDatabase::create().await;
+                let pool = db.pool().await;
+                Self::Postgres { db, pool }
+            }
+            Backend::Sqlite => {
+                let file = TestFile::create();
+                // The service creates the file; this pool opens it once the service has started.
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(&file.path)
+                    .create_if_missing(true);
+                let pool = SqlitePool::connect_lazy_with(options);
+                Self::Sqlite { file, pool }
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Self::Postgres { db, .. } => db.url.clone(),
+            Self::Sqlite { file, .. } => file.url(),
+        }
+    }
+}
+
+/// A session holding the write lock; see `TestApp::block_writes`.
+pub enum WriteBlock {
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl WriteBlock {
+    pub async fn release(self) {
+        match self {
+            Self::Postgres(tx) => tx.rollback().await,
+            Self::Sqlite(mut connection) => connection.execute("ROLLBACK").await.map(drop),
+        }
+        .expect("release the lock");
+    }
+}
+
 pub struct TestApp {
     pub address: String,
     /// The waiters parked in this instance.
     pub changes: Changes,
     pub client: reqwest::Client,
-    pub db: TestDatabase,
-    pub pool: PgPool,
+    pub store: TestStore,
     secret: Secret,
 }
 
@@ -144,20 +245,18 @@ pub fn settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings {
     Settings::from_source(&Source::from_map(map)).expect("valid test settings")
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(&[]).await
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, &[]).await
 }
 
-pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
-    let db = TestDatabase::create().await;
-    let Instance { address, changes } = start(&db.url, overrides).await;
-    let pool = db.pool().await;
+pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> TestApp {
+    let store = TestStore::create(backend).await;
+    let Instance { address, changes } = start(&store.url(), overrides).await;
     TestApp {
         address,
         changes,
         client: reqwest::Client::new(),
-        db,
-        pool,
+        store,
         secret: SECRET.parse().expect("test secret"),
     }
 }
@@ -203,7 +302,64 @@ impl TestApp {
 
     /// A second replica sharing this one's database.
     pub async fn another_instance(&self) -> Instance {
-        start(&self.db.url, &[]).await
+        start(&self.store.url(), &[]).await
+    }
+
+    /// The Postgres database and a pool onto it, for tests of what only Postgres does.
+    pub fn postgres(&self) -> (&TestDatabase, &PgPool) {
+        match &self.store {
+            TestStore::Postgres { db, pool } => (db, pool),
+            TestStore::Sqlite { .. } => panic!("this test needs the Postgres backend"),
+        }
+    }
+
+    /// Runs one statement on the service's database, beside the service.
+    pub async fn execute(&self, sql: &str) {
+        match &self.store {
+            TestStore::Postgres { pool, .. } => pool.execute(sql).await.map(drop),
+            TestStore::Sqlite { pool, .. } => pool.execute(sql).await.map(drop),
+        }
+        .unwrap_or_else(|error| panic!("{sql}: {error}"));
+    }
+
+    /// Takes the lock every write of the service needs, from a session of its own, until released;
+    /// reads go on.
+    pub async fn block_writes(&self) -> WriteBlock {
+        match &self.store {
+            TestStore::Postgres { pool, .. } => {
+                let mut tx = pool.begin().await.expect("begin");
+                tx.execute("LOCK TABLE predictions IN EXCLUSIVE MODE")
+                    .await
+                    .expect("lock the table");
+                WriteBlock::Postgres(tx)
+            }
+            TestStore::Sqlite { pool, .. } => {
+                let mut connection = pool.acquire().await.expect("connect").detach();
+                connection
+                    .execute("BEGIN IMMEDIATE")
+                    .await
+                    .expect("take the write lock");
+                WriteBlock::Sqlite(connection)
+            }
+        }
+    }
+
+    /// Each recorded delivery's `applied` and body, in the order received.
+    pub async fn deliveries(&self) -> Vec<(bool, String)> {
+        let order = "FROM deliveries ORDER BY received_at, webhook_id";
+        match &self.store {
+            TestStore::Postgres { pool, .. } => {
+                sqlx::query_as(&format!("SELECT applied, body::text {order}"))
+                    .fetch_all(pool)
+                    .await
+            }
+            TestStore::Sqlite { pool, .. } => {
+                sqlx::query_as(&format!("SELECT applied, body {order}"))
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .expect("read the deliveries")
     }
 
     pub fn signature(&self, delivery: &Delivery) -> String {
@@ -278,10 +434,12 @@ impl TestApp {
     }
 
     pub async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-            .fetch_one(&self.pool)
-            .await
-            .expect("count")
+        let sql = format!("SELECT count(*) FROM {table}");
+        match &self.store {
+            TestStore::Postgres { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,
+            TestStore::Sqlite { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,
+        }
+        .expect("count")
     }
 }
 

@@ -2,34 +2,36 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
-use super::{CHANGES_CHANNEL, Store, StoreError};
+use super::CHANGES_CHANNEL;
+use crate::store::{ChangeFeed, StoreError};
 
 /// A dedicated connection LISTENing for committed changes.
 pub struct ChangeListener(PgListener);
 
-impl Store {
+impl ChangeListener {
     /// Opens a listening connection of its own, outside the request pool, so it never competes
     /// with requests for a connection and is never recycled under them.
-    pub async fn listen_for_changes(&self) -> Result<ChangeListener, StoreError> {
+    pub async fn connect(requests: &PgPool) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
             .max_lifetime(None)
             .idle_timeout(None)
-            .connect_with((*self.pool.connect_options()).clone())
+            .connect_with((*requests.connect_options()).clone())
             .await?;
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANGES_CHANNEL).await?;
-        Ok(ChangeListener(listener))
+        Ok(Self(listener))
     }
 }
 
-impl ChangeListener {
-    /// The id of the next prediction whose change was committed; `None` when the connection was
-    /// lost and has been re-established, listening again — changes in the gap were not heard.
-    pub async fn next(&mut self) -> Result<Option<String>, StoreError> {
+#[async_trait::async_trait]
+impl ChangeFeed for ChangeListener {
+    /// `None` when the connection was lost and has been re-established, listening again: changes
+    /// in the gap were not heard.
+    async fn next(&mut self) -> Result<Option<String>, StoreError> {
         Ok(self
             .0
             .try_recv()

@@ -1,0 +1,247 @@
+//! SQLite: an embedded file for one process — the zero-setup default. Write-ahead logging lets
+//! reads run beside the one writer; every commit is synced (`synchronous = FULL`), so an
+//! acknowledged delivery survives a crash of the process or of the machine. Changes are announced
+//! in process, which is why it suits a single replica only.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+
+use crate::store::{
+    self, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage, StoreError, StoredPrediction,
+    keyset,
+};
+
+/// How long a request waits for a connection before the database counts as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a statement waits for a lock another process holds on the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Changes a slow listener may fall behind by before it is told it missed some.
+const CHANGES_BACKLOG: usize = 4096;
+
+pub struct Sqlite {
+    path: String,
+    /// One connection: SQLite has one writer at a time, and queueing for the pool is fairer and
+    /// quicker than spinning on the file lock.
+    writer: SqlitePool,
+    readers: SqlitePool,
+    changes: broadcast::Sender<String>,
+}
+
+impl Sqlite {
+    /// Opens (creating the file and its folder if need be) the database `url` names.
+    pub async fn open(url: &str, readers: u32) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+        let file = options.get_filename();
+        if let Some(folder) = file.parent().filter(|f| !f.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder).map_err(|source| StoreError::Folder {
+                path: folder.display().to_string(),
+                source,
+            })?;
+        }
+        let path = file.display().to_string();
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(readers)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        Ok(Self {
+            path,
+            writer,
+            readers,
+            changes: broadcast::channel(CHANGES_BACKLOG).0,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for Sqlite {
+    fn describe(&self) -> String {
+        format!("sqlite at {}", self.path)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    fn pool_status(&self) -> (u32, usize) {
+        let (writer, readers) = (
+            store::pool_status(&self.writer),
+            store::pool_status(&self.readers),
+        );
+        (writer.0 + readers.0, writer.1 + readers.1)
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+        Ok(sqlx::query_as(store::COUNT_BY_STATUS)
+            .fetch_all(&self.readers)
+            .await?)
+    }
+
+    async fn record(&self, delivery: &NewDelivery<'_>) -> Result<Outcome, StoreError> {
+        let id = delivery.prediction.id.as_str();
+        let received_at = micros(delivery.received_at);
+        let mut tx = self.writer.begin().await?;
+        let new = sqlx::query(
+            "INSERT INTO deliveries \
+                (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body) \
+             VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (webhook_id) DO NOTHING",
+        )
+        .bind(delivery.webhook_id.as_str())
+        .bind(id)
+        .bind(delivery.webhook_timestamp)
+        .bind(received_at)
+        .bind(delivery.body)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !new {
+            tx.rollback().await?;
+            return Ok(Outcome::Duplicate);
+        }
+        let applied = sqlx::query(UPSERT)
+            .bind(id)
+            .bind(delivery.status())
+            .bind(delivery.prediction.model.as_deref())
+            .bind(delivery.prediction.version.as_deref())
+            .bind(micros(delivery.created_at()))
+            .bind(delivery.progress.rank)
+            .bind(delivery.progress.logs_len)
+            .bind(delivery.progress.timestamp)
+            .bind(received_at)
+            .bind(delivery.body)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if applied {
+            sqlx::query("UPDATE deliveries SET applied = 1 WHERE webhook_id = $1")
+                .bind(delivery.webhook_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        if applied {
+            // Nobody listening is not an error.
+            let _ = self.changes.send(id.to_owned());
+            return Ok(Outcome::Applied);
+        }
+        Ok(Outcome::Ignored)
+    }
+
+    async fn prediction(&self, id: &str) -> Result<Option<StoredPrediction>, StoreError> {
+        let row: Option<Row> =
+            sqlx::query_as("SELECT id, status, created_at, body FROM predictions WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.readers)
+                .await?;
+        Ok(row.map(Row::into_stored).transpose()?)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let rows: Vec<Row> = keyset::select(query, "id, status, created_at, body", micros)
+            .build_query_as()
+            .fetch_all(&self.readers)
+            .await?;
+        let rows = rows
+            .into_iter()
+            .map(Row::into_stored)
+            .collect::<Result<_, _>>()?;
+        Ok(keyset::page(query, rows))
+    }
+
+    async fn changes(&self) -> Result<Box<dyn ChangeFeed>, StoreError> {
+        Ok(Box::new(InProcess(self.changes.subscribe())))
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.readers.close().await;
+    }
+}
+
+/// Replaces the stored state only when the delivery's progress key is greater; changes nothing
+/// (and counts no change) otherwise. `created_at` is never changed once set: it is the sort key.
+const UPSERT: &str = r#"
+INSERT INTO predictions
+    (id, status, model, version, created_at,
+     progress_rank, progress_logs, progress_timestamp, updated_at, body)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (id) DO UPDATE SET
+    status = excluded.status,
+    model = excluded.model,
+    version = excluded.version,
+    progress_rank = excluded.progress_rank,
+    progress_logs = excluded.progress_logs,
+    progress_timestamp = excluded.progress_timestamp,
+    updated_at = excluded.updated_at,
+    body = excluded.body
+WHERE (predictions.progress_rank, predictions.progress_logs, predictions.progress_timestamp)
+    < (excluded.progress_rank, excluded.progress_logs, excluded.progress_timestamp)
+"#;
+
+/// Unix microseconds: Postgres' precision, truncated as sqlx truncates for Postgres.
+fn micros(time: OffsetDateTime) -> i64 {
+    // i64 microseconds reach beyond the year 290,000; `time` stops at 9999.
+    (time.unix_timestamp_nanos() / 1_000) as i64
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: String,
+    status: Option<String>,
+    created_at: i64,
+    body: String,
+}
+
+impl Row {
+    fn into_stored(self) -> Result<StoredPrediction, sqlx::Error> {
+        let created_at =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.created_at) * 1_000)
+                .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        Ok(StoredPrediction {
+            id: self.id,
+            status: self.status,
+            created_at,
+            body: self.body,
+        })
+    }
+}
+
+/// Changes committed by this process, as it commits them.
+struct InProcess(broadcast::Receiver<String>);
+
+#[async_trait::async_trait]
+impl ChangeFeed for InProcess {
+    async fn next(&mut self) -> Result<Option<String>, StoreError> {
+        match self.0.recv().await {
+            Ok(id) => Ok(Some(id)),
+            Err(broadcast::error::RecvError::Lagged(_)) => Ok(None),
+            // The sender lives in the store, and the store outlives every listener of it.
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
