@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const DELIVERIES: &str = "inbox_deliveries_total";
 pub const INGEST_DURATION: &str = "inbox_ingest_duration_seconds";
@@ -15,12 +15,16 @@ pub const HTTP_DURATION: &str = "inbox_http_request_duration_seconds";
 pub const WAITERS: &str = "inbox_waiters";
 pub const POOL_CONNECTIONS: &str = "inbox_db_pool_connections";
 pub const PREDICTIONS: &str = "inbox_predictions";
+pub const BATCH_SIZE: &str = "inbox_ingest_batch_size";
 
 /// Seconds; from well under a millisecond (an ingest) to a full `Prefer: wait`.
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];
+
+/// Deliveries per transaction, up to the writer's largest batch (256).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Why a delivery was refused, as the `reason` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +60,9 @@ pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets(BUCKETS)
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)
+            })
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
@@ -75,6 +82,10 @@ fn describe() {
         INGEST_DURATION,
         metrics::Unit::Seconds,
         "Time to parse and durably record a verified delivery"
+    );
+    describe_histogram!(
+        BATCH_SIZE,
+        "Deliveries written per transaction by group commit"
     );
     describe_counter!(
         HTTP_REQUESTS,
@@ -110,6 +121,10 @@ pub fn rejected(reason: RejectReason) {
 
 pub fn ingest_duration(elapsed: Duration) {
     histogram!(INGEST_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn batch_size(deliveries: usize) {
+    histogram!(BATCH_SIZE).record(deliveries as f64);
 }
 
 pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::ingest::IngestError;
 use crate::store::StoreError;
 use crate::verify::Rejection;
+use std::sync::Arc;
 
 /// The media type of every error answer; the OpenAPI description names it too.
 pub(super) const PROBLEM_JSON: &str = "application/problem+json";
@@ -29,8 +30,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// The database failed; shared by every request of a batch that failed together.
     #[error(transparent)]
-    Unavailable(#[from] StoreError),
+    Unavailable(Arc<StoreError>),
     /// At a capacity limit; worth retrying shortly.
     #[error("{0}")]
     Busy(&'static str),
@@ -39,11 +41,18 @@ pub enum ApiError {
     TimedOut,
 }
 
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        Self::Unavailable(Arc::new(error))
+    }
+}
+
 impl From<IngestError> for ApiError {
     fn from(error: IngestError) -> Self {
         match error {
             IngestError::Invalid(invalid) => Self::BadRequest(invalid.to_string()),
             IngestError::Store(store) => Self::Unavailable(store),
+            IngestError::Busy => Self::Busy("too many deliveries are waiting to be written"),
         }
     }
 }

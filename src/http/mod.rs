@@ -25,6 +25,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::changes::Changes;
+use crate::ingest::Writer;
 use crate::store::Store;
 use crate::verify::Verifier;
 
@@ -35,6 +36,8 @@ pub use server::serve;
 #[derive(Clone)]
 pub struct AppState {
     store: Store,
+    /// Group commit for deliveries (see `ingest::Writer`).
+    writer: Writer,
     changes: Changes,
     verifier: Arc<Verifier>,
     tokens: Arc<ApiTokens>,
@@ -56,6 +59,7 @@ impl AppState {
         request_timeout: Duration,
     ) -> Self {
         Self {
+            writer: Writer::start(store.clone()),
             store,
             changes,
             verifier: Arc::new(verifier),

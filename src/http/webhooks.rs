@@ -1,13 +1,14 @@
 //! `POST /webhooks/replicate`: one delivery in, acknowledged only once it is durably recorded.
 
-use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::map_response;
+use axum::middleware::{map_request, map_response};
 use axum::response::Response;
+use axum::{Extension, Json};
 use serde::Serialize;
 use time::OffsetDateTime;
+use tokio::time::Instant;
 use tower_http::limit::RequestBodyLimitLayer;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -21,9 +22,16 @@ use crate::store::Outcome;
 use crate::verify::Rejection;
 
 pub fn router(limits: &Limits) -> OpenApiRouter<AppState> {
+    let request_timeout = limits.request_timeout;
     OpenApiRouter::new()
         .routes(routes!(receive))
         .layer(timeout(limits.request_timeout))
+        // As the timeout starts, so that the writer knows when the handler will have given up.
+        .layer(map_request(move |mut request: Request| async move {
+            let deadline = Deadline(Instant::now() + request_timeout);
+            request.extensions_mut().insert(deadline);
+            request
+        }))
         // tower-http's limit answers 413 from Content-Length before reading anything, and cuts off
         // a chunked body at the limit; axum's own smaller default must not apply on top.
         .layer(DefaultBodyLimit::disable())
@@ -31,6 +39,10 @@ pub fn router(limits: &Limits) -> OpenApiRouter<AppState> {
         // Outside the limit, which answers 413 before the handler ever runs.
         .layer(map_response(count_too_large))
 }
+
+/// When the route's timeout answers 503: a delivery not committed by then must not be.
+#[derive(Clone, Copy)]
+struct Deadline(Instant);
 
 async fn count_too_large(response: Response) -> Response {
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -70,6 +82,7 @@ pub struct Receipt {
 )]
 async fn receive(
     State(state): State<AppState>,
+    Extension(Deadline(deadline)): Extension<Deadline>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Receipt>, ApiError> {
@@ -87,7 +100,7 @@ async fn receive(
                 | Rejection::InvalidId(_) => RejectReason::Headers,
             });
         })?;
-    let status = ingest(&state.store, &verified, &body)
+    let status = ingest(&state.writer, &verified, &body, deadline)
         .await
         .inspect_err(|error| {
             if let IngestError::Invalid(invalid) = error {

@@ -43,10 +43,18 @@ pub trait Storage: Send + Sync + 'static {
     /// How many predictions have each status, as stored (`None`: no status).
     async fn count_by_status(&self) -> Result<Vec<(Option<String>, i64)>, StoreError>;
 
-    /// Records a delivery and advances its prediction's latest state if its progress is greater,
-    /// in one transaction: a caller told `Applied` or `Ignored` may acknowledge the delivery. An
-    /// `Applied` change is announced to [`Storage::changes`] once committed.
-    async fn record(&self, delivery: &NewDelivery<'_>) -> Result<Outcome, StoreError>;
+    /// Records a batch of deliveries, and advances each prediction's latest state to the greatest
+    /// progress among them if that is greater than the stored one, in one transaction. The answer
+    /// has one outcome per delivery, in order, as if they had been recorded one after another: a
+    /// second copy of a `webhook-id` is a `Duplicate`, and of several deliveries of one prediction
+    /// at most the greatest is `Applied`. Once it returns, each delivery may be acknowledged;
+    /// each `Applied` change is announced to [`Storage::changes`] once committed. On error, nothing
+    /// of the batch was written.
+    async fn record(&self, batch: &[NewDelivery]) -> Result<Vec<Outcome>, StoreError>;
+
+    /// How many batches may be written at once: more than one only where the database lets
+    /// concurrent writers overlap.
+    fn concurrent_writes(&self) -> usize;
 
     /// A prediction's latest state.
     async fn prediction(&self, id: &str) -> Result<Option<StoredPrediction>, StoreError>;
@@ -92,6 +100,8 @@ fn pool_status<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> (u32, usize) {
 pub enum StoreError {
     #[error("the database is unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
+    #[error("the write did not commit before the request's deadline; it was rolled back")]
+    Deadline,
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot create the database's folder {path}: {source}")]
@@ -124,17 +134,18 @@ impl Outcome {
 }
 
 /// A verified, parsed delivery ready to be written.
-pub struct NewDelivery<'a> {
-    pub webhook_id: &'a WebhookId,
+#[derive(Debug)]
+pub struct NewDelivery {
+    pub webhook_id: WebhookId,
     pub webhook_timestamp: i64,
-    pub prediction: &'a Prediction,
+    pub prediction: Prediction,
     pub progress: Progress,
     /// The exact body received.
-    pub body: &'a str,
+    pub body: String,
     pub received_at: OffsetDateTime,
 }
 
-impl NewDelivery<'_> {
+impl NewDelivery {
     /// The list's sort key: the object's `created_at`, or when it was first received if it has none.
     fn created_at(&self) -> OffsetDateTime {
         self.prediction.created_at.unwrap_or(self.received_at)

@@ -6,8 +6,10 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::SqliteConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
+    SqliteSynchronous,
 };
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
@@ -100,56 +102,28 @@ impl Storage for Sqlite {
             .await?)
     }
 
-    async fn record(&self, delivery: &NewDelivery<'_>) -> Result<Outcome, StoreError> {
-        let id = delivery.prediction.id.as_str();
-        let received_at = micros(delivery.received_at);
+    /// One transaction; inside it, each delivery in turn, exactly as if alone. Statements on an
+    /// embedded database cost no round trip, so batching here only shares the commit's sync.
+    async fn record(&self, batch: &[NewDelivery]) -> Result<Vec<Outcome>, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let new = sqlx::query(
-            "INSERT INTO deliveries \
-                (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body) \
-             VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (webhook_id) DO NOTHING",
-        )
-        .bind(delivery.webhook_id.as_str())
-        .bind(id)
-        .bind(delivery.webhook_timestamp)
-        .bind(received_at)
-        .bind(delivery.body)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !new {
-            tx.rollback().await?;
-            return Ok(Outcome::Duplicate);
-        }
-        let applied = sqlx::query(UPSERT)
-            .bind(id)
-            .bind(delivery.status())
-            .bind(delivery.prediction.model.as_deref())
-            .bind(delivery.prediction.version.as_deref())
-            .bind(micros(delivery.created_at()))
-            .bind(delivery.progress.rank)
-            .bind(delivery.progress.logs_len)
-            .bind(delivery.progress.timestamp)
-            .bind(received_at)
-            .bind(delivery.body)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
-        if applied {
-            sqlx::query("UPDATE deliveries SET applied = 1 WHERE webhook_id = $1")
-                .bind(delivery.webhook_id.as_str())
-                .execute(&mut *tx)
-                .await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            outcomes.push(record_one(&mut tx, delivery).await?);
         }
         tx.commit().await?;
-        if applied {
-            // Nobody listening is not an error.
-            let _ = self.changes.send(id.to_owned());
-            return Ok(Outcome::Applied);
+        for (delivery, outcome) in batch.iter().zip(&outcomes) {
+            if *outcome == Outcome::Applied {
+                // Nobody listening is not an error.
+                let _ = self
+                    .changes
+                    .send(delivery.prediction.id.as_str().to_owned());
+            }
         }
-        Ok(Outcome::Ignored)
+        Ok(outcomes)
+    }
+
+    fn concurrent_writes(&self) -> usize {
+        1
     }
 
     async fn prediction(&self, id: &str) -> Result<Option<StoredPrediction>, StoreError> {
@@ -181,6 +155,54 @@ impl Storage for Sqlite {
         self.writer.close().await;
         self.readers.close().await;
     }
+}
+
+/// Records the delivery unless its `webhook-id` was recorded before, then advances its
+/// prediction's state if its progress is greater.
+async fn record_one(
+    tx: &mut SqliteConnection,
+    delivery: &NewDelivery,
+) -> Result<Outcome, sqlx::Error> {
+    let received_at = micros(delivery.received_at);
+    let changed = |done: SqliteQueryResult| done.rows_affected() == 1;
+    let new = sqlx::query(
+        "INSERT INTO deliveries \
+            (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body) \
+         VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (webhook_id) DO NOTHING",
+    )
+    .bind(delivery.webhook_id.as_str())
+    .bind(delivery.prediction.id.as_str())
+    .bind(delivery.webhook_timestamp)
+    .bind(received_at)
+    .bind(&delivery.body)
+    .execute(&mut *tx)
+    .await
+    .map(changed)?;
+    if !new {
+        return Ok(Outcome::Duplicate);
+    }
+    let applied = sqlx::query(UPSERT)
+        .bind(delivery.prediction.id.as_str())
+        .bind(delivery.status())
+        .bind(delivery.prediction.model.as_deref())
+        .bind(delivery.prediction.version.as_deref())
+        .bind(micros(delivery.created_at()))
+        .bind(delivery.progress.rank)
+        .bind(delivery.progress.logs_len)
+        .bind(delivery.progress.timestamp)
+        .bind(received_at)
+        .bind(&delivery.body)
+        .execute(&mut *tx)
+        .await
+        .map(changed)?;
+    if !applied {
+        return Ok(Outcome::Ignored);
+    }
+    sqlx::query("UPDATE deliveries SET applied = 1 WHERE webhook_id = $1")
+        .bind(delivery.webhook_id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    Ok(Outcome::Applied)
 }
 
 /// Replaces the stored state only when the delivery's progress key is greater; changes nothing

@@ -1,0 +1,83 @@
+//! From a verified delivery to a durable fact: read the prediction out of the body, place it in
+//! the latest-state order, and hand it to the [`Writer`], which commits it with whatever else
+//! arrived meanwhile. Runs only on bodies whose signature has been checked.
+
+mod writer;
+
+use std::sync::Arc;
+use std::time::Instant as Started;
+
+use tokio::time::Instant;
+
+use time::OffsetDateTime;
+
+use crate::domain::{InvalidPrediction, Prediction, Progress};
+use crate::metrics;
+use crate::store::{NewDelivery, Outcome, StoreError};
+use crate::verify::Verified;
+
+pub use writer::Writer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidPrediction),
+    /// The batch holding the delivery failed; nothing of it was recorded.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// The writer is behind and its queue stayed full past the bound; nothing was recorded.
+    #[error("too many deliveries are waiting to be written; retry later")]
+    Busy,
+}
+
+/// Records one delivery. `Ok` means it is committed and may be acknowledged.
+/// Records one delivery before `deadline`. `Ok` means it is committed and may be acknowledged;
+/// an error means it was not recorded (but for a commit that races the deadline, which the
+/// sender's retry then finds as a duplicate).
+pub async fn ingest(
+    writer: &Writer,
+    verified: &Verified,
+    body: &[u8],
+    deadline: Instant,
+) -> Result<Outcome, IngestError> {
+    let started = Started::now();
+    let body = std::str::from_utf8(body).map_err(|_| InvalidPrediction::NotUtf8)?;
+    let prediction = Prediction::parse(body)?;
+    let progress = Progress::new(
+        prediction.status.as_ref(),
+        prediction.logs_len,
+        verified.timestamp,
+    );
+    let prediction_id = prediction.id.clone();
+    let status = prediction.status.clone();
+    let recorded = writer
+        .record(
+            NewDelivery {
+                webhook_id: verified.webhook_id.clone(),
+                webhook_timestamp: verified.timestamp,
+                prediction,
+                progress,
+                body: body.to_owned(),
+                received_at: OffsetDateTime::now_utc(),
+            },
+            deadline,
+        )
+        .await;
+    let outcome = match recorded {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            metrics::delivery("error");
+            return Err(error);
+        }
+    };
+    metrics::ingest_duration(started.elapsed());
+    metrics::delivery(outcome.as_str());
+    tracing::info!(
+        prediction_id = %prediction_id,
+        webhook_id = %verified.webhook_id,
+        status = status.as_ref().map(|s| s.as_str()),
+        outcome = outcome.as_str(),
+        "delivery"
+    );
+    Ok(outcome)
+}

@@ -1,0 +1,118 @@
+//! Group commit. Handlers queue their delivery and wait; each writer task takes whatever has
+//! queued up — at once, without waiting for more — and records it as one batch in one transaction,
+//! then answers every handler in it. A lone delivery is written as soon as it arrives; under load,
+//! deliveries that arrive while a batch commits form the next one, so the commit's cost is shared
+//! and throughput is no longer bounded by one transaction per delivery.
+//!
+//! The queue is bounded: when the writers fall behind, handlers wait for room (backpressure), and
+//! past `QUEUE_WAIT` are answered 503 with nothing recorded.
+//!
+//! Each delivery carries its request's deadline, when the handler answers 503 whatever happens. A
+//! batch that has not committed by the earliest deadline in it is abandoned and rolls back, so a
+//! delivery answered 503 is not recorded behind the sender's back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::IngestError;
+use crate::metrics;
+use crate::store::{NewDelivery, Outcome, Store, StoreError};
+
+/// The most deliveries one transaction writes.
+pub const MAX_BATCH: usize = 256;
+/// Deliveries queued beyond those being written.
+const QUEUE: usize = 4 * MAX_BATCH;
+/// How long a delivery may wait for room in the queue before it is refused.
+const QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+/// Where handlers hand their deliveries; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Pending>,
+}
+
+struct Pending {
+    delivery: NewDelivery,
+    deadline: Instant,
+    done: oneshot::Sender<Result<Outcome, Arc<StoreError>>>,
+}
+
+impl Writer {
+    /// Starts the store's number of writer tasks; they end when every `Writer` is dropped.
+    pub fn start(store: Store) -> Self {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..store.concurrent_writes() {
+            tokio::spawn(write_batches(store.clone(), receiver.clone()));
+        }
+        Self { queue }
+    }
+
+    /// Records a delivery with others; `Ok` once the transaction holding it has committed, which
+    /// it does before `deadline` or not at all.
+    pub async fn record(
+        &self,
+        delivery: NewDelivery,
+        deadline: Instant,
+    ) -> Result<Outcome, IngestError> {
+        let wait_until = deadline.min(Instant::now() + QUEUE_WAIT);
+        let room = tokio::time::timeout_at(wait_until, self.queue.reserve()).await;
+        let Ok(Ok(room)) = room else {
+            return Err(IngestError::Busy);
+        };
+        let (done, outcome) = oneshot::channel();
+        room.send(Pending {
+            delivery,
+            deadline,
+            done,
+        });
+        match outcome.await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(error)) => Err(IngestError::Store(error)),
+            // The writer task is gone (it panicked): whether the batch committed is unknown, so
+            // the sender should retry; a retry that finds it recorded is a duplicate.
+            Err(_) => Err(IngestError::Busy),
+        }
+    }
+}
+
+async fn write_batches(store: Store, queue: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        // One writer at a time takes from the queue: all that is there, up to a batch, or the
+        // next one to arrive.
+        if queue.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let Some(deadline) = batch.iter().map(|pending| pending.deadline).min() else {
+            continue;
+        };
+        let (deliveries, waiting): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|pending| (pending.delivery, pending.done))
+            .unzip();
+        metrics::batch_size(deliveries.len());
+        // Dropping the transaction unfinished rolls it back.
+        let recorded = tokio::time::timeout_at(deadline, store.record(&deliveries))
+            .await
+            .unwrap_or(Err(StoreError::Deadline));
+        match recorded {
+            Ok(outcomes) => {
+                for (done, outcome) in waiting.into_iter().zip(outcomes) {
+                    // A handler that has gone (its client left, or it timed out) needs no answer.
+                    let _ = done.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, deliveries = deliveries.len(), "a batch failed; nothing of it was recorded");
+                let error = Arc::new(error);
+                for done in waiting {
+                    let _ = done.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Group commit: deliveries that arrive together are written together, and each still gets the
+//! answer it would have had alone.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{Backend, Delivery, TestApp, now, prediction, spawn_app};
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+
+/// Sends every delivery at once; the status code and receipt status (or problem) of each.
+async fn send_together(app: &TestApp, deliveries: &[Delivery]) -> Vec<(StatusCode, String)> {
+    join_all(deliveries.iter().map(|delivery| async move {
+        let response = app.send(delivery).await;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.expect("a JSON answer");
+        (status, body["status"].to_string().trim_matches('"').to_owned())
+    }))
+    .await
+}
+
+fn batches_written() -> (f64, f64) {
+    let text = prediction_inbox::metrics::handle().render();
+    let read = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        read("inbox_ingest_batch_size_count"),
+        read("inbox_ingest_batch_size_sum"),
+    )
+}
+
+async fn copies_sent_together_record_one_and_answer_the_rest_duplicate(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (batches_before, deliveries_before) = batches_written();
+    let delivery = Delivery::new(prediction("p1", "succeeded", ""));
+    let answers = send_together(&app, &vec![delivery.clone(); 64]).await;
+
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for (status, receipt) in answers {
+        assert_eq!(status, StatusCode::OK, "{receipt}");
+        *counts.entry(receipt).or_default() += 1;
+    }
+    assert_eq!(counts.get("applied"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("duplicate"), Some(&63), "{counts:?}");
+    assert_eq!(app.count("deliveries").await, 1);
+    assert_eq!(
+        app.prediction("p1").await.as_deref(),
+        Some(delivery.body.as_str())
+    );
+    // They were written in fewer transactions than deliveries (other tests in this process may
+    // add to both figures, never to one without the other).
+    let (batches, deliveries) = batches_written();
+    assert!(
+        deliveries - deliveries_before > batches - batches_before,
+        "no batch held more than one delivery"
+    );
+}
+
+async fn a_life_sent_all_at_once_ends_in_its_final_state_with_one_receipt_each(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let t = now();
+    let mut deliveries = Vec::new();
+    for p in 0..16 {
+        let id = format!("p{p}");
+        deliveries.extend([
+            Delivery::at(t, prediction(&id, "starting", "")),
+            Delivery::at(t + 1, prediction(&id, "processing", "a")),
+            Delivery::at(t + 2, prediction(&id, "processing", "ab")),
+            Delivery::at(t + 3, prediction(&id, "succeeded", "ab")),
+        ]);
+    }
+    let answers = send_together(&app, &deliveries).await;
+    for (delivery, (status, receipt)) in deliveries.iter().zip(&answers) {
+        assert_eq!(*status, StatusCode::OK);
+        // Whatever order they were written in, the terminal state is never ignored: nothing
+        // of its prediction is greater.
+        if delivery.body.contains("succeeded") {
+            assert_eq!(receipt, "applied");
+        } else {
+            assert!(receipt == "applied" || receipt == "ignored", "{receipt}");
+        }
+    }
+    for p in 0..16 {
+        let stored: serde_json::Value =
+            serde_json::from_str(&app.prediction(&format!("p{p}")).await.unwrap()).unwrap();
+        assert_eq!(stored["status"], "succeeded");
+    }
+    // Each delivery is recorded once, and exactly the applied ones are marked so.
+    let recorded = app.deliveries().await;
+    assert_eq!(recorded.len(), deliveries.len());
+    let applied_receipts = answers.iter().filter(|(_, r)| r == "applied").count();
+    let applied_rows = recorded.iter().filter(|(applied, _)| *applied).count();
+    assert_eq!(applied_rows, applied_receipts);
+}
+
+async fn a_failed_batch_answers_503_to_every_delivery_in_it_and_records_none(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.execute(match backend {
+        Backend::Postgres => {
+            "ALTER TABLE deliveries ADD CONSTRAINT refuse CHECK (webhook_timestamp < 0) NOT VALID"
+        }
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse BEFORE INSERT ON deliveries BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        }
+    })
+    .await;
+    let deliveries: Vec<Delivery> = (0..32)
+        .map(|p| Delivery::new(prediction(&format!("p{p}"), "starting", "")))
+        .collect();
+    for (status, _) in send_together(&app, &deliveries).await {
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(app.count("deliveries").await, 0);
+    assert_eq!(app.count("predictions").await, 0);
+}
+
+crate::on_each_backend!(
+    copies_sent_together_record_one_and_answer_the_rest_duplicate,
+    a_life_sent_all_at_once_ends_in_its_final_state_with_one_receipt_each,
+    a_failed_batch_answers_503_to_every_delivery_in_it_and_records_none,
+);
