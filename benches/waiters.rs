@@ -11,16 +11,15 @@
 //! each on its own HTTP/1.1 connection, and multiplexed over HTTP/2 (h2c, 200 streams a
 //! connection, hyper's default).
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prediction_inbox::verify::Secret;
-use sqlx::{Connection, Executor, PgConnection};
+use support::{BenchDatabase, SECRET, Service, TOKEN, summary};
 use tokio::sync::Semaphore;
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const TOKEN: &str = "bench-token";
 const BATCH: usize = 50;
 /// Streams hyper's server allows on one HTTP/2 connection by default.
 const H2_STREAMS: usize = 200;
@@ -34,18 +33,9 @@ async fn main() {
     let waits = args.first().copied().unwrap_or(1000);
     let parked = args.get(1).copied().unwrap_or(10_000);
 
-    let server = std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("inbox_bench_{}", std::process::id());
-    let mut admin = PgConnection::connect(&format!("{server}/postgres"))
-        .await
-        .expect("PostgreSQL for the benchmark");
-    admin
-        .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
-        .await
-        .unwrap();
-
-    let service = Service::start(&format!("{server}/{name}"));
+    let database = BenchDatabase::create("postgres").await;
+    let env = [("INBOX_MAX_WAITERS", "100000")];
+    let service = Service::start(&database.url, &env);
     let bench = Bench::new(&service.address);
 
     let latencies = bench.wake_latencies(waits).await;
@@ -61,7 +51,7 @@ async fn main() {
     drop(service);
 
     // A fresh process, so the first run's peak does not count here.
-    let service = Service::start(&format!("{server}/{name}"));
+    let service = Service::start(&database.url, &env);
     let bench = Bench::new(&service.address);
     let (woken, rss, peak) = bench.park(parked, &service, "h2").await;
     println!(
@@ -72,87 +62,7 @@ async fn main() {
     );
 
     drop(service);
-    admin
-        .execute(format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#).as_str())
-        .await
-        .unwrap();
-}
-
-struct Service {
-    child: Child,
-    address: String,
-}
-
-impl Service {
-    fn start(database_url: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let binary = env!("CARGO_BIN_EXE_prediction-inbox");
-        // A profiler to run the service under, e.g. `valgrind --tool=massif`.
-        let wrap = std::env::var("INBOX_BENCH_WRAP").unwrap_or_default();
-        let mut words = wrap.split_whitespace().chain([binary]);
-        let child = Command::new(words.next().unwrap_or(binary))
-            .args(words)
-            .env_clear()
-            .env("DATABASE_URL", database_url)
-            .env("INBOX_WEBHOOK_SECRETS", SECRET)
-            .env("INBOX_API_TOKENS", TOKEN)
-            .env("INBOX_LISTEN", format!("127.0.0.1:{port}"))
-            .env("INBOX_MAX_WAITERS", "100000")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the service");
-        // Built before it answers, so that a failed start is still stopped and reaped by `Drop`.
-        let service = Self {
-            child,
-            address: format!("http://127.0.0.1:{port}"),
-        };
-        for _ in 0..600 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return service;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the service did not start");
-    }
-
-    /// Resident set and its peak, KiB, from /proc.
-    fn memory(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-
-    fn rss_kib(&self) -> u64 {
-        self.memory().0
-    }
-}
-
-impl Drop for Service {
-    /// SIGTERM first, so a profiler wrapping the service gets to write its report.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..300 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    database.drop_it().await;
 }
 
 #[derive(Clone)]
@@ -281,20 +191,4 @@ impl Bench {
         }
         (woken, rss, peak)
     }
-}
-
-fn summary(latencies: &[Duration]) -> String {
-    let mut sorted = latencies.to_vec();
-    sorted.sort();
-    let at = |q: f64| {
-        sorted[((sorted.len() as f64 * q).ceil() as usize)
-            .saturating_sub(1)
-            .min(sorted.len() - 1)]
-    };
-    format!(
-        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        at(0.50).as_secs_f64() * 1e3,
-        at(0.99).as_secs_f64() * 1e3,
-        sorted[sorted.len() - 1].as_secs_f64() * 1e3
-    )
 }

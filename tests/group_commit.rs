@@ -15,7 +15,10 @@ async fn send_together(app: &TestApp, deliveries: &[Delivery]) -> Vec<(StatusCod
         let response = app.send(delivery).await;
         let status = response.status();
         let body: serde_json::Value = response.json().await.expect("a JSON answer");
-        (status, body["status"].to_string().trim_matches('"').to_owned())
+        (
+            status,
+            body["status"].to_string().trim_matches('"').to_owned(),
+        )
     }))
     .await
 }
