@@ -8,8 +8,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::changes::{self, Changes};
-use crate::config::DatabaseUrl;
-use crate::config::Settings;
+use crate::config::{DatabaseUrl, Settings};
 use crate::http::{self, AppState, Limits};
 use crate::store::{self, Store, StoreError};
 use crate::verify::Verifier;

@@ -2,6 +2,8 @@
 //! the service's own errors, and `problem_for_bare_errors` for the ones the framework and the
 //! middleware make (unknown routes, wrong methods, body limits, timeouts, panics).
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -11,7 +13,6 @@ use serde::Serialize;
 use crate::ingest::IngestError;
 use crate::store::StoreError;
 use crate::verify::Rejection;
-use std::sync::Arc;
 
 /// The media type of every error answer; the OpenAPI description names it too.
 pub(super) const PROBLEM_JSON: &str = "application/problem+json";
