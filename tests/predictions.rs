@@ -212,6 +212,60 @@ async fn bad_list_parameters_are_400_problems(backend: Backend) {
     );
 }
 
+/// Ids and filters are data, never SQL, and no value a client can send makes a 5xx: SQL-shaped,
+/// huge, NUL-carrying or non-UTF-8 values are answered 4xx (or an honest empty 200 for a filter).
+async fn hostile_ids_and_filters_get_4xx_never_5xx(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.deliver(&Delivery::new(prediction("p1", "succeeded", "")))
+        .await;
+    let huge = "x".repeat(20_000);
+    for id in [
+        "'%20OR%20'1'='1",
+        "p1'--",
+        "p1%3B%20DROP%20TABLE%20predictions",
+        "%00",
+        "p1%00",
+        "%FF%FE",
+        "%C0%AF",
+        huge.as_str(),
+    ] {
+        let status = app.get(&format!("/v1/predictions/{id}")).await.status();
+        assert!(status.is_client_error(), "{id}: {status}");
+        // An event stream on an id not seen yet waits for it: a 200 that stays open is fine.
+        let status = app
+            .get(&format!("/v1/predictions/{id}/events"))
+            .await
+            .status();
+        assert!(!status.is_server_error(), "{id}/events: {status}");
+    }
+    for query in [
+        "status=succeeded'%20OR%20'1'='1",
+        "model=%27%3B%20DROP%20TABLE%20predictions%3B%20--",
+        "version=%00",
+        "status=%FF",
+        "model=%C0%AF",
+        &format!("version={huge}"),
+        "created_after=9999999-01-01T00:00:00Z",
+        "created_before=%00",
+        "cursor=%00",
+        // A well-formed cursor whose id carries a NUL.
+        "cursor=by4xNzY3MjI1NjAwMDAwMDAwLnAxAA",
+        &format!("cursor={huge}"),
+        "limit=99999999999999999999",
+        "limit=-1",
+    ] {
+        let response = app.get(&format!("/v1/predictions?{query}")).await;
+        let status = response.status();
+        assert!(!status.is_server_error(), "{query}: {status}");
+        if status == StatusCode::OK {
+            let page: Value = response.json().await.unwrap();
+            assert_eq!(page["results"], serde_json::json!([]), "{query}");
+        }
+    }
+    // Nothing was harmed.
+    assert!(app.prediction("p1").await.is_some());
+}
+
 async fn next_links_honour_the_forwarded_origin(backend: Backend) {
     let app = spawn_app(backend).await;
     seed(&app, 2, |_, _| {}).await;
@@ -233,6 +287,7 @@ async fn next_links_honour_the_forwarded_origin(backend: Backend) {
 }
 
 crate::on_each_backend!(
+    hostile_ids_and_filters_get_4xx_never_5xx,
     reading_needs_an_accepted_bearer_token,
     an_unknown_prediction_is_a_404_problem,
     a_prediction_is_served_as_json_exactly_as_received,

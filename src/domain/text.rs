@@ -43,6 +43,11 @@ macro_rules! identifier {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// Whether `value` could be one: a read for anything else can only miss.
+            pub fn is_valid(value: &str) -> bool {
+                check($field, value).is_ok()
+            }
         }
 
         impl fmt::Display for $name {

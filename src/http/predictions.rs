@@ -25,6 +25,7 @@ use super::auth::Authenticated;
 use super::error::{PROBLEM_JSON, Problem};
 use super::{ApiError, AppState, Limits, timeout};
 use crate::changes::Registration;
+use crate::domain::PredictionId;
 use crate::store::{Direction, ListQuery, Page, Position, Store, StoredPrediction};
 
 const DEFAULT_LIMIT: u32 = 100;
@@ -115,6 +116,7 @@ async fn get_one(
 ) -> Result<Response, ApiError> {
     // This route's bound lives here rather than in a timeout layer: a layer boxes one more future
     // for every parked wait, and waits are what this route holds by the thousand.
+    let id = receivable(id)?;
     let budget = state.request_timeout + Duration::from_secs(wait.unwrap_or(0));
     tokio::time::timeout(budget, read_or_wait(&state, &id, wait))
         .await
@@ -145,12 +147,25 @@ async fn read_or_wait(state: &AppState, id: &str, wait: Option<u64>) -> Result<R
     }
 }
 
+/// The id, if a delivery could ever carry it. Any other (empty, over 1024 bytes, with a NUL, which
+/// Postgres text cannot even hold) names no prediction, now or later: 404 at once, without a wait.
+fn receivable(id: String) -> Result<String, ApiError> {
+    if PredictionId::is_valid(&id) {
+        Ok(id)
+    } else {
+        Err(not_received())
+    }
+}
+
+fn not_received() -> ApiError {
+    ApiError::NotFound("no prediction with this id has been received".into())
+}
+
 /// The prediction, or 404; with `Preference-Applied: wait=N` when a wait was asked for.
 fn answer(found: Option<StoredPrediction>, wait_applied: Option<u64>) -> Response {
     let mut response = match found {
         Some(prediction) => json(prediction.body),
-        None => ApiError::NotFound("no prediction with this id has been received".into())
-            .into_response(),
+        None => not_received().into_response(),
     };
     if let Some(wait) = wait_applied {
         if let Ok(value) = HeaderValue::from_str(&format!("wait={wait}")) {
@@ -219,6 +234,7 @@ fn requested_wait(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         (status = 200, description = "`event: prediction` with the whole object, first the current state (if any) and then each advance; then `event: done` and the stream closes. A comment every 15 s keeps it alive.",
             body = String, content_type = "text/event-stream"),
         (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "An id no delivery could carry (empty, over 1024 bytes, or with a NUL)", body = Problem, content_type = PROBLEM_JSON),
         (status = 503, description = "Too many requests are waiting on predictions", body = Problem, content_type = PROBLEM_JSON),
     ),
 )]
@@ -227,6 +243,7 @@ async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let id = receivable(id)?;
     let registration = state.changes.register(&id).ok_or(ApiError::Busy(
         "too many requests are waiting on predictions; retry later",
     ))?;
@@ -353,6 +370,18 @@ async fn list(
     headers: HeaderMap,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
+    for (name, value) in [
+        ("status", &params.status),
+        ("model", &params.model),
+        ("version", &params.version),
+    ] {
+        // Postgres text cannot hold NUL, so no stored value has one.
+        if value.as_deref().is_some_and(|v| v.contains('\0')) {
+            return Err(ApiError::BadRequest(format!(
+                "`{name}` cannot contain a NUL character"
+            )));
+        }
+    }
     let query = ListQuery {
         status: params.status.clone(),
         model: params.model.clone(),
@@ -521,7 +550,7 @@ impl Cursor {
             .ok_or_else(invalid)?;
         let id = parts
             .next()
-            .filter(|id| !id.is_empty())
+            .filter(|id| PredictionId::is_valid(id))
             .ok_or_else(invalid)?;
         Ok(Self {
             direction,
