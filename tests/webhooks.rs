@@ -191,6 +191,12 @@ async fn verified_bodies_that_are_not_predictions_get_400_and_store_nothing(back
         "{\"id\":\"\"}",
         "{\"id\":\"a\\u0000b\"}",
         "{\"id\":\"p\",\"id\":\"q\"}",
+        // Numbers no double can hold, and the ones JSON does not have.
+        "{\"id\":\"p\",\"x\":1e999999}",
+        "{\"id\":\"p\",\"x\":-1e999999}",
+        "{\"id\":\"p\",\"x\":[1,{\"y\":1e400}]}",
+        "{\"id\":\"p\",\"x\":NaN}",
+        "{\"id\":\"p\",\"x\":Infinity}",
         &deep,
     ] {
         let response = app.send(&Delivery::new(body)).await;
@@ -207,6 +213,11 @@ async fn verified_bodies_that_are_not_predictions_get_400_and_store_nothing(back
     let problem = assert_problem(response, StatusCode::BAD_REQUEST).await;
     assert_eq!(problem["detail"], "the body is not UTF-8");
     assert_eq!(app.count("deliveries").await, 0);
+
+    // An integer past 64 bits but within a double's range is valid JSON: kept, digit for digit.
+    let long = format!("{{\"id\":\"p\",\"x\":{}}}", "9".repeat(30));
+    assert_eq!(app.deliver(&Delivery::new(long.clone())).await, "applied");
+    assert_eq!(app.prediction("p").await.as_deref(), Some(long.as_str()));
 }
 
 async fn a_body_over_the_limit_gets_413_and_stores_nothing(backend: Backend) {

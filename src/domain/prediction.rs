@@ -87,10 +87,10 @@ pub struct Prediction {
     pub logs_len: usize,
 }
 
-/// Deepest nesting of arrays and objects accepted (serde_json's own limit for typed values). Skipped
-/// values are not depth-checked by serde_json, and Postgres rejects very deep documents with an
-/// error that would otherwise read as an outage.
-pub const MAX_DEPTH: usize = 128;
+/// Deepest nesting of arrays and objects accepted: serde_json's own limit (it refuses the 128th
+/// level). Skipped values are not depth-checked by serde_json, and Postgres rejects very deep
+/// documents with an error that would otherwise read as an outage.
+pub const MAX_DEPTH: usize = 127;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InvalidPrediction {
@@ -118,6 +118,9 @@ impl Prediction {
             return Err(InvalidPrediction::TooDeep);
         }
         let fields: Fields = serde_json::from_str(body)?;
+        // The fields above skip everything else without reading its numbers; a number no double
+        // can hold (`1e999999`) would pass, be stored, and break whoever reads it later.
+        serde_json::from_str::<Finite>(body)?;
         for (field, value) in [
             ("status", &fields.status),
             ("model", &fields.model),
@@ -166,6 +169,53 @@ fn too_deep(body: &[u8]) -> bool {
         }
     }
     false
+}
+
+/// Any JSON value whose numbers are all finite doubles (or integers): checked, nothing kept.
+struct Finite;
+
+impl<'de> Deserialize<'de> for Finite {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = Finite;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value with finite numbers")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Finite, E> {
+                Ok(Finite)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Finite, E> {
+                Ok(Finite)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Finite, E> {
+                Ok(Finite)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Finite, E> {
+                Ok(Finite)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Finite, E> {
+                Ok(Finite)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Finite, E> {
+                if v.is_finite() {
+                    Ok(Finite)
+                } else {
+                    Err(E::custom("a number is out of range"))
+                }
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Finite, A::Error> {
+                while seq.next_element::<Finite>()?.is_some() {}
+                Ok(Finite)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Finite, A::Error> {
+                while map.next_entry::<IgnoredAny, Finite>()?.is_some() {}
+                Ok(Finite)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// Lenient where the platform's own examples are: a field of another type than expected is
