@@ -2,6 +2,8 @@
 //! SQLite — and a client that signs deliveries the way the platform does.
 #![allow(dead_code)] // each test binary uses its own share of these helpers
 
+pub mod load;
+pub mod service;
 mod throwaway;
 
 use std::collections::HashMap;

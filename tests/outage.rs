@@ -1,0 +1,100 @@
+//! Database outages under load (Postgres: the server is the part that can go away while the
+//! service runs). Senders deliver continuously while the database first drops every connection of
+//! the service, then refuses connections for a while. Throughout: no 2xx while nothing can commit,
+//! every refusal a 503 with `Retry-After`, `/readyz` 503 while the database is gone, recovery with
+//! no restart, and every acknowledged delivery stored afterwards.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::load::{Load, Sent, verify_acknowledged};
+use common::{Backend, spawn_app};
+
+const TERMINATE: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE datname = '{db}' AND application_name = 'prediction-inbox'";
+
+#[tokio::test]
+async fn outages_under_load_refuse_with_503_recover_by_themselves_and_lose_nothing() {
+    let outage = Duration::from_millis(
+        std::env::var("INBOX_OUTAGE_MS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2000),
+    );
+    let app = spawn_app(Backend::Postgres).await;
+    let (db, pool) = app.postgres();
+    pool.close().await;
+    let load = Load::start(&app.address, 16, "o");
+    let ready = || async {
+        let response = app
+            .client
+            .get(format!("{}/readyz", app.address))
+            .send()
+            .await
+            .expect("readyz");
+        response.status().as_u16()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Every connection of the service goes at once; the database itself stays up.
+    db.admin(TERMINATE).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The database becomes unreachable: new connections are refused, and the open ones go.
+    db.admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false")
+        .await;
+    db.admin(TERMINATE).await;
+    let down = Instant::now();
+    tokio::time::sleep(outage / 2).await;
+    assert_eq!(
+        ready().await,
+        503,
+        "/readyz while the database is unreachable"
+    );
+    tokio::time::sleep(outage / 2).await;
+    let up = Instant::now();
+    db.admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true")
+        .await;
+
+    // Recovery, without a restart: deliveries get in again.
+    let recovered = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if ready().await == 200 {
+            break up.elapsed();
+        }
+        assert!(up.elapsed() < Duration::from_secs(30), "no recovery");
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let sent = load.stop().await;
+
+    // Nothing could commit from shortly after the connections went until the database was back.
+    let settle = Duration::from_millis(200);
+    let during = |d: &&Sent| d.at > down + settle && d.at < up;
+    let acknowledged_during = sent
+        .iter()
+        .filter(during)
+        .filter(|d| d.acknowledged())
+        .count();
+    assert_eq!(acknowledged_during, 0, "2xx while nothing could commit");
+    let refused: Vec<&Sent> = sent.iter().filter(|d| !d.acknowledged()).collect();
+    for delivery in &refused {
+        assert_eq!(delivery.status, Some(503), "{delivery:?}");
+        assert!(delivery.retry_after, "503 without Retry-After");
+    }
+    let after = sent
+        .iter()
+        .filter(|d| d.at > up + recovered)
+        .filter(|d| d.acknowledged());
+    assert!(after.count() > 0, "no delivery got in after the recovery");
+
+    let acknowledged = verify_acknowledged(&app.address, &sent).await;
+    println!(
+        "outage of {} ms: {} deliveries sent, {} answered 503 (Retry-After on each), {acknowledged} \
+         acknowledged and all present; ready again {} ms after the database was",
+        outage.as_millis(),
+        sent.len(),
+        refused.len(),
+        recovered.as_millis()
+    );
+}
