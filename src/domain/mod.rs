@@ -5,6 +5,6 @@ mod prediction;
 mod progress;
 mod text;
 
-pub use prediction::{InvalidPrediction, Prediction, Status};
+pub use prediction::{InvalidPrediction, MAX_DEPTH, Prediction, Status};
 pub use progress::Progress;
 pub use text::{InvalidText, PredictionId, WebhookId};
