@@ -25,6 +25,9 @@ use crate::store::{NewDelivery, Outcome, Store, StoreError};
 pub const MAX_BATCH: usize = 256;
 /// Deliveries queued beyond those being written.
 const QUEUE: usize = 4 * MAX_BATCH;
+/// The least time a delivery must have left before its deadline to join a batch; batches commit
+/// in milliseconds, and one that takes longer than this is stuck anyway.
+const MIN_TIME_TO_WRITE: Duration = Duration::from_millis(100);
 /// How long a delivery may wait for room in the queue before it is refused.
 const QUEUE_WAIT: Duration = Duration::from_secs(5);
 
@@ -87,11 +90,12 @@ async fn write_batches(store: Store, queue: Arc<Mutex<mpsc::Receiver<Pending>>>)
         if queue.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
         }
-        let Some(deadline) = batch.iter().map(|pending| pending.deadline).min() else {
+        let ripe = refuse_late(&mut batch, Instant::now());
+        let Some(deadline) = ripe.iter().map(|pending| pending.deadline).min() else {
             continue;
         };
-        let (deliveries, waiting): (Vec<_>, Vec<_>) = batch
-            .drain(..)
+        let (deliveries, waiting): (Vec<_>, Vec<_>) = ripe
+            .into_iter()
             .map(|pending| (pending.delivery, pending.done))
             .unzip();
         metrics::batch_size(deliveries.len());
@@ -114,5 +118,69 @@ async fn write_batches(store: Store, queue: Arc<Mutex<mpsc::Receiver<Pending>>>)
                 }
             }
         }
+    }
+}
+
+/// Takes the deliveries with time left to be written, and refuses the others at once, unwritten. A
+/// batch is abandoned at its earliest deadline, so a delivery about to time out must not join one
+/// and take the others down with it.
+fn refuse_late(batch: &mut Vec<Pending>, now: Instant) -> Vec<Pending> {
+    let (ripe, late): (Vec<_>, Vec<_>) = batch
+        .drain(..)
+        .partition(|pending| pending.deadline >= now + MIN_TIME_TO_WRITE);
+    for pending in late {
+        let _ = pending.done.send(Err(Arc::new(StoreError::Deadline)));
+    }
+    ripe
+}
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::domain::{Prediction, Progress, WebhookId};
+
+    fn pending(
+        deadline: Instant,
+    ) -> (Pending, oneshot::Receiver<Result<Outcome, Arc<StoreError>>>) {
+        let body = r#"{"id":"p1","status":"starting"}"#.to_owned();
+        let prediction = Prediction::parse(&body).unwrap();
+        let (done, answer) = oneshot::channel();
+        let delivery = NewDelivery {
+            webhook_id: WebhookId::parse("msg_1").unwrap(),
+            webhook_timestamp: 1,
+            progress: Progress::new(prediction.status.as_ref(), 0, 1),
+            prediction,
+            body,
+            received_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        (
+            Pending {
+                delivery,
+                deadline,
+                done,
+            },
+            answer,
+        )
+    }
+
+    #[test]
+    fn a_delivery_about_to_time_out_is_refused_and_does_not_join_the_batch() {
+        let now = Instant::now();
+        let (late, mut late_answer) = pending(now + Duration::from_millis(20));
+        let (ripe, mut ripe_answer) = pending(now + Duration::from_secs(30));
+        let mut batch = vec![late, ripe];
+        let kept = refuse_late(&mut batch, now);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].deadline, now + Duration::from_secs(30));
+        assert!(matches!(
+            late_answer.try_recv(),
+            Ok(Err(error)) if matches!(*error, StoreError::Deadline)
+        ));
+        assert!(
+            ripe_answer.try_recv().is_err(),
+            "the ripe one is still to be written"
+        );
     }
 }
