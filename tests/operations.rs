@@ -61,6 +61,37 @@ async fn a_request_stuck_on_the_database_gets_503_within_the_timeout(backend: Ba
     assert_eq!(app.count("deliveries").await, 1);
 }
 
+#[tokio::test]
+async fn an_exhausted_pool_gets_503_within_the_timeout_not_a_hung_request() {
+    let app = spawn_app_with(
+        Backend::Postgres,
+        &[
+            ("INBOX_REQUEST_TIMEOUT_SECS", "1"),
+            ("INBOX_DATABASE_POOL_SIZE", "1"),
+        ],
+    )
+    .await;
+    app.deliver(&Delivery::new(prediction("p1", "starting", "")))
+        .await;
+    // The one connection goes to a write that waits on a lock; nothing is left for anyone else.
+    let blocker = app.block_writes().await;
+    let succeeded = Delivery::new(prediction("p1", "succeeded", ""));
+    let stuck = app.send(&succeeded);
+    let starved = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        let response = app.get("/v1/predictions/p1").await;
+        (started.elapsed(), response)
+    };
+    let (stuck, (waited, starved)) = tokio::join!(stuck, starved);
+    assert_problem(stuck, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(starved.headers().contains_key("retry-after"));
+    assert_problem(starved, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(waited < std::time::Duration::from_secs(3), "{waited:?}");
+    blocker.release().await;
+    assert_eq!(app.get("/v1/predictions/p1").await.status(), StatusCode::OK);
+}
+
 async fn the_service_speaks_cleartext_http2_too(backend: Backend) {
     // Many parked waits are far cheaper multiplexed on a few HTTP/2 connections (docs/benchmarks.md).
     let app = spawn_app(backend).await;
