@@ -25,8 +25,9 @@ use crate::store::{NewDelivery, Outcome, Store, StoreError};
 pub const MAX_BATCH: usize = 256;
 /// Deliveries queued beyond those being written.
 const QUEUE: usize = 4 * MAX_BATCH;
-/// The least time a delivery must have left before its deadline to join a batch; batches commit
-/// in milliseconds, and one that takes longer than this is stuck anyway.
+/// The least time a delivery must have left before its deadline to join a batch. Batches commit in
+/// milliseconds; one with less time left than this would likely time out inside the batch, and
+/// abandon the batch with it.
 const MIN_TIME_TO_WRITE: Duration = Duration::from_millis(100);
 /// How long a delivery may wait for room in the queue before it is refused.
 const QUEUE_WAIT: Duration = Duration::from_secs(5);
