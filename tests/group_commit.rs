@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Backend, Delivery, TestApp, now, prediction, spawn_app};
+use common::{Backend, Delivery, TestApp, now, prediction, raise_open_files, spawn_app};
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 
@@ -121,8 +121,55 @@ async fn a_failed_batch_answers_503_to_every_delivery_in_it_and_records_none(bac
     assert_eq!(app.count("predictions").await, 0);
 }
 
+/// When the writers fall behind, the queue holds a bounded number of deliveries; past it, senders
+/// wait for room and then get a 503 with `Retry-After`, with nothing of theirs recorded, while
+/// everything queued is still written once the writers can write again.
+async fn past_a_full_queue_senders_get_503_and_lose_nothing(backend: Backend) {
+    // More than the queue and every writer's largest batch can hold.
+    const SENDERS: usize = 2300;
+    raise_open_files(3 * SENDERS as u64 + 1000);
+    let app = spawn_app(backend).await;
+    let blocker = app.block_writes().await;
+    let deliveries: Vec<Delivery> = (0..SENDERS)
+        .map(|p| Delivery::new(prediction(&format!("p{p}"), "starting", "")))
+        .collect();
+    let release = async {
+        // Past the 5 s a sender waits for room in the queue.
+        tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+        blocker.release().await;
+    };
+    let app = &app;
+    let sending = join_all(deliveries.iter().map(|delivery| async move {
+        let response = app.send(delivery).await;
+        let retry_after = response.headers().contains_key("retry-after");
+        (response.status(), retry_after)
+    }));
+    let (answers, ()) = tokio::join!(sending, release);
+
+    let refused = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    let accepted = answers
+        .iter()
+        .filter(|(status, _)| status.is_success())
+        .count();
+    assert!(refused > 0, "the queue never filled");
+    assert!(accepted > 0, "nothing queued was written");
+    assert_eq!(refused + accepted, SENDERS, "only 200s and 503s");
+    assert!(
+        answers
+            .iter()
+            .all(|(status, retry)| status.is_success() || *retry)
+    );
+    // Exactly the accepted ones are recorded.
+    assert_eq!(app.count("deliveries").await, accepted as i64);
+    assert_eq!(app.count("predictions").await, accepted as i64);
+}
+
 crate::on_each_backend!(
     copies_sent_together_record_one_and_answer_the_rest_duplicate,
     a_life_sent_all_at_once_ends_in_its_final_state_with_one_receipt_each,
     a_failed_batch_answers_503_to_every_delivery_in_it_and_records_none,
+    past_a_full_queue_senders_get_503_and_lose_nothing,
 );
