@@ -19,10 +19,7 @@ use support::{BenchDatabase, Service, TOKEN, summary};
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args = support::args();
     let backend = args.first().map_or("postgres", String::as_str).to_owned();
     let rows: u64 = args
         .get(1)

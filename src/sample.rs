@@ -78,6 +78,8 @@ pub fn prediction(id: &str, status: &str) -> String {
 pub struct Answer {
     pub webhook_id: String,
     pub status: u16,
+    /// Whether it said when to retry (`Retry-After`), as every 503 should.
+    pub retry_after: bool,
     pub body: String,
 }
 
@@ -103,10 +105,12 @@ pub async fn send(
         .send()
         .await?;
     let status = response.status().as_u16();
+    let retry_after = response.headers().contains_key("retry-after");
     let body = response.text().await?;
     Ok(Answer {
         webhook_id,
         status,
+        retry_after,
         body,
     })
 }

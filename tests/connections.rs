@@ -31,7 +31,7 @@ async fn thousands_of_stalled_connections_cost_little_and_are_all_cut_off() {
         &std::env::temp_dir(),
     );
     let addr = service.address.trim_start_matches("http://").to_owned();
-    let idle = rss_kib(&service);
+    let idle = service.rss_kib();
 
     let mut stalled = Vec::with_capacity(CONNECTIONS);
     let opened = Instant::now();
@@ -44,7 +44,7 @@ async fn thousands_of_stalled_connections_cost_little_and_are_all_cut_off() {
         stalled.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let loaded = rss_kib(&service);
+    let loaded = service.rss_kib();
 
     // Everyone else is still served, promptly.
     let started = Instant::now();
@@ -79,14 +79,4 @@ async fn thousands_of_stalled_connections_cost_little_and_are_all_cut_off() {
     );
     service.signal("-TERM");
     assert_eq!(service.exit_code().0, Some(0));
-}
-
-fn rss_kib(service: &Service) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", service.child.id()))
-        .expect("the service's /proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .expect("VmRSS")
 }

@@ -68,6 +68,15 @@ fn remove_sqlite(path: &str) {
     }
 }
 
+/// The positional arguments after `cargo bench --bench NAME --`; cargo's own `--bench` flag,
+/// which it passes on, is not one.
+pub fn args() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect()
+}
+
 pub struct Service {
     pub child: Child,
     pub address: String,

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prediction_inbox::sample;
 use prediction_inbox::verify::Secret;
 
-use super::{SECRET, TOKEN, new_webhook_id, now, prediction};
+use super::{SECRET, TOKEN, prediction};
 
 /// A prediction's life, in the order the platform sends it.
 pub const LIFE: [&str; 3] = ["starting", "processing", "succeeded"];
@@ -82,23 +83,8 @@ async fn send_lives(url: String, tag: String, stop: Arc<AtomicBool>, sent: Arc<M
         life += 1;
         for (step, status) in LIFE.iter().enumerate() {
             let body = prediction(&id, status, &"log line\n".repeat(step));
-            let (webhook_id, timestamp) = (new_webhook_id(), now());
-            let answer = client
-                .post(&url)
-                .header("webhook-id", &webhook_id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header(
-                    "webhook-signature",
-                    secret.sign(&webhook_id, timestamp, body.as_bytes()),
-                )
-                .body(body)
-                .send()
-                .await;
-            let (status, retry_after) = match answer {
-                Ok(response) => (
-                    Some(response.status().as_u16()),
-                    response.headers().contains_key("retry-after"),
-                ),
+            let (status, retry_after) = match sample::send(&client, &url, &secret, body).await {
+                Ok(answer) => (Some(answer.status), answer.retry_after),
                 Err(_) => (None, false),
             };
             let record = Sent {

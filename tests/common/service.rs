@@ -101,6 +101,17 @@ impl Service {
         assert!(status.success());
     }
 
+    /// Its resident set, KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the service's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .expect("VmRSS")
+    }
+
     /// Waits for the process to exit, gathering the rest of its log.
     pub fn exit_code(mut self) -> (Option<i32>, Vec<String>) {
         let status = self.child.wait().unwrap();
