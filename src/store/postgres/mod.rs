@@ -85,53 +85,32 @@ impl Storage for Postgres {
             .await?)
     }
 
-    /// Three bulk statements, whatever the batch's size: insert the deliveries not seen before;
-    /// upsert each prediction's greatest new state under the guard; mark the winners applied and
-    /// announce them. Rows are written in key order, so overlapping batches cannot deadlock.
+    /// Records the batch on the assumption that none of it was seen before, which is nearly
+    /// always true. A delivery seen before breaks the deliveries' primary key, which undoes the
+    /// attempt; the next one reads which of the batch's ids are recorded and leaves them out.
+    /// Only a copy committed by another batch in between can break it again.
     async fn record(&self, batch: &[NewDelivery]) -> Result<Vec<Outcome>, StoreError> {
-        let mut plan = Plan::new(batch);
-        let mut tx = self.pool.begin().await?;
-
-        let candidates = plan.candidates();
-        let inserted: Vec<String> = sqlx::query_scalar(INSERT_DELIVERIES)
-            .bind(column(&candidates, |d| d.webhook_id.as_str()))
-            .bind(column(&candidates, |d| d.prediction.id.as_str()))
-            .bind(column(&candidates, |d| d.webhook_timestamp))
-            .bind(column(&candidates, |d| d.received_at))
-            .bind(column(&candidates, |d| d.body.as_str()))
-            .fetch_all(&mut *tx)
-            .await?;
-        plan.inserted(&inserted);
-
-        let winners = plan.winners();
-        if !winners.is_empty() {
-            let applied: Vec<String> = sqlx::query_scalar(UPSERT_PREDICTIONS)
-                .bind(column(&winners, |d| d.prediction.id.as_str()))
-                .bind(column(&winners, NewDelivery::status))
-                .bind(column(&winners, |d| d.prediction.model.as_deref()))
-                .bind(column(&winners, |d| d.prediction.version.as_deref()))
-                .bind(column(&winners, NewDelivery::created_at))
-                .bind(column(&winners, |d| d.progress.rank))
-                .bind(column(&winners, |d| d.progress.logs_len))
-                .bind(column(&winners, |d| d.progress.timestamp))
-                .bind(column(&winners, |d| d.received_at))
-                .bind(column(&winners, |d| d.body.as_str()))
-                .fetch_all(&mut *tx)
-                .await?;
-            let applied = plan.applied(&applied);
-            if !applied.is_empty() {
-                // Delivered to listeners only when the transaction commits, so a woken waiter
-                // always finds the new state.
-                sqlx::query(MARK_APPLIED_AND_NOTIFY)
-                    .bind(column(&applied, |d| d.webhook_id.as_str()))
-                    .bind(CHANGES_CHANNEL)
-                    .bind(column(&applied, |d| d.prediction.id.as_str()))
-                    .execute(&mut *tx)
-                    .await?;
+        let mut seen = Vec::new();
+        let mut attempt = 1;
+        loop {
+            match self.record_new(Plan::new(batch, &seen)).await {
+                Err(sqlx::Error::Database(e))
+                    if e.constraint() == Some(DELIVERIES_KEY) && attempt < MAX_ATTEMPTS =>
+                {
+                    attempt += 1;
+                    seen = sqlx::query_scalar(SEEN)
+                        .bind(
+                            batch
+                                .iter()
+                                .map(|d| d.webhook_id.as_str())
+                                .collect::<Vec<_>>(),
+                        )
+                        .fetch_all(&self.pool)
+                        .await?;
+                }
+                recorded => return Ok(recorded?),
             }
         }
-        tx.commit().await?;
-        Ok(plan.outcomes())
     }
 
     fn concurrent_writes(&self) -> usize {
@@ -165,48 +144,99 @@ impl Storage for Postgres {
     }
 }
 
+impl Postgres {
+    /// The plan's one statement: upsert each prediction's offered delivery, insert every new
+    /// delivery with `applied` as the upsert said, and announce the changes. The transaction is
+    /// explicit, though the statement alone would be atomic: a batch abandoned at its deadline
+    /// must roll back, and a statement left running in autocommit would commit whenever it got
+    /// its locks.
+    async fn record_new(&self, mut plan: Plan<'_>) -> Result<Vec<Outcome>, sqlx::Error> {
+        let rows = plan.new_deliveries();
+        if rows.is_empty() {
+            return Ok(plan.outcomes());
+        }
+        let mut tx = self.pool.begin().await?;
+        let applied: Vec<String> = sqlx::query_scalar(RECORD)
+            .bind(column(&rows, |d| d.webhook_id.as_str()))
+            .bind(column(&rows, |d| d.prediction.id.as_str()))
+            .bind(column(&rows, |d| d.webhook_timestamp))
+            .bind(column(&rows, |d| d.received_at))
+            .bind(column(&rows, |d| d.body.as_str()))
+            .bind(plan.offered())
+            .bind(column(&rows, NewDelivery::status))
+            .bind(column(&rows, |d| d.prediction.model.as_deref()))
+            .bind(column(&rows, |d| d.prediction.version.as_deref()))
+            .bind(column(&rows, NewDelivery::created_at))
+            .bind(column(&rows, |d| d.progress.rank))
+            .bind(column(&rows, |d| d.progress.logs_len))
+            .bind(column(&rows, |d| d.progress.timestamp))
+            .bind(CHANGES_CHANNEL)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        plan.applied(&applied);
+        Ok(plan.outcomes())
+    }
+}
+
 /// One array per column: `UNNEST` turns them back into rows.
 fn column<'a, T>(deliveries: &[&'a NewDelivery], field: impl Fn(&'a NewDelivery) -> T) -> Vec<T> {
     deliveries.iter().map(|d| field(d)).collect()
 }
 
-/// New deliveries, with `applied` false until the upsert says otherwise.
-const INSERT_DELIVERIES: &str = r#"
-INSERT INTO deliveries (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body)
-SELECT webhook_id, prediction_id, webhook_timestamp, received_at, false, body::json
-FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::timestamptz[], $5::text[])
-    AS d (webhook_id, prediction_id, webhook_timestamp, received_at, body)
-ON CONFLICT (webhook_id) DO NOTHING
-RETURNING webhook_id
-"#;
+/// The deliveries' primary key, whose violation means a batch holds a delivery seen before.
+const DELIVERIES_KEY: &str = "deliveries_pkey";
 
-/// At most one row per prediction (Postgres refuses to update one row twice in a statement).
-/// Concurrent batches serialise on each prediction's row; the guard is re-checked against the
-/// newest version, so none is lost and none regresses it. `created_at` is never changed once set:
-/// it is the sort key.
-const UPSERT_PREDICTIONS: &str = r#"
-INSERT INTO predictions AS p
-    (id, status, model, version, created_at,
-     progress_rank, progress_logs, progress_timestamp, updated_at, body)
-SELECT id, status, model, version, created_at, rank, logs, ts, updated_at, body::json
-FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-            $6::int2[], $7::int8[], $8::int8[], $9::timestamptz[], $10::text[])
-    AS n (id, status, model, version, created_at, rank, logs, ts, updated_at, body)
-ON CONFLICT (id) DO UPDATE SET
-    status = excluded.status,
-    model = excluded.model,
-    version = excluded.version,
-    progress_rank = excluded.progress_rank,
-    progress_logs = excluded.progress_logs,
-    progress_timestamp = excluded.progress_timestamp,
-    updated_at = excluded.updated_at,
-    body = excluded.body
-WHERE (p.progress_rank, p.progress_logs, p.progress_timestamp)
-    < (excluded.progress_rank, excluded.progress_logs, excluded.progress_timestamp)
-RETURNING id
-"#;
+/// Attempts at a batch: one on the assumption that it is all new, one without the ids then
+/// recorded, and one more should another batch commit a copy of one in between.
+const MAX_ATTEMPTS: usize = 3;
 
-const MARK_APPLIED_AND_NOTIFY: &str = r#"
-WITH marked AS (UPDATE deliveries SET applied = true WHERE webhook_id = ANY($1))
-SELECT pg_notify($2, id) FROM UNNEST($3::text[]) AS id
+/// Which of the batch's `webhook-id`s are recorded.
+const SEEN: &str = "SELECT webhook_id FROM deliveries WHERE webhook_id = ANY($1)";
+
+/// A batch's new deliveries, in one statement; each body is cast to `json` once.
+///
+/// The upsert runs first, as the final `SELECT` reads all of it, and the deliveries are inserted
+/// after with `applied` from its answer: so every batch locks prediction rows (in id order), then
+/// delivery keys (in id order), and overlapping batches cannot deadlock. At most one row per
+/// prediction is offered (Postgres refuses to update one row twice in a statement). Concurrent
+/// batches serialise on each prediction's row; the guard is re-checked against the newest version,
+/// so none is lost and none regresses it. `created_at` is never changed once set: it is the sort
+/// key. The notifications are delivered only if the transaction commits, so a woken waiter always
+/// finds the new state.
+const RECORD: &str = r#"
+WITH d AS (
+    SELECT webhook_id, prediction_id, webhook_timestamp, received_at, body::json AS body,
+           offered, status, model, version, created_at, rank, logs, ts
+    FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::timestamptz[], $5::text[],
+                $6::bool[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
+                $11::int2[], $12::int8[], $13::int8[])
+        AS d (webhook_id, prediction_id, webhook_timestamp, received_at, body,
+              offered, status, model, version, created_at, rank, logs, ts)
+), latest AS (
+    INSERT INTO predictions AS p
+        (id, status, model, version, created_at,
+         progress_rank, progress_logs, progress_timestamp, updated_at, body)
+    SELECT prediction_id, status, model, version, created_at, rank, logs, ts, received_at, body
+    FROM d WHERE offered ORDER BY prediction_id
+    ON CONFLICT (id) DO UPDATE SET
+        status = excluded.status,
+        model = excluded.model,
+        version = excluded.version,
+        progress_rank = excluded.progress_rank,
+        progress_logs = excluded.progress_logs,
+        progress_timestamp = excluded.progress_timestamp,
+        updated_at = excluded.updated_at,
+        body = excluded.body
+    WHERE (p.progress_rank, p.progress_logs, p.progress_timestamp)
+        < (excluded.progress_rank, excluded.progress_logs, excluded.progress_timestamp)
+    RETURNING id
+), recorded AS (
+    INSERT INTO deliveries
+        (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body)
+    SELECT webhook_id, prediction_id, webhook_timestamp, received_at,
+           offered AND prediction_id IN (SELECT id FROM latest), body
+    FROM d ORDER BY webhook_id
+)
+SELECT id, pg_notify($14, id) FROM latest
 "#;

@@ -1,7 +1,7 @@
-//! What a batch's bulk statements write, decided in memory so that the batch ends exactly as if
-//! its deliveries had been recorded one after another, in order:
+//! What a batch's statement writes, decided in memory so that the batch ends exactly as if its
+//! deliveries had been recorded one after another, in order:
 //!
-//! - of several copies of one `webhook-id`, the first is written and the others are duplicates;
+//! - a `webhook-id` recorded before is a duplicate, and so is every copy of one after the first;
 //! - of several new deliveries of one prediction, only the greatest by the latest-state order is
 //!   offered to the upsert (the first of equals, as serially the later would not supersede it);
 //!   the others are recorded, but ignored — which is what they would be after it.
@@ -16,45 +16,29 @@ use crate::store::{NewDelivery, Outcome};
 pub struct Plan<'a> {
     batch: &'a [NewDelivery],
     outcomes: Vec<Outcome>,
-    /// The first copy of each `webhook-id`, by `webhook-id`.
-    candidates: Vec<usize>,
-    /// The delivery offered for each prediction, by prediction id.
-    winners: Vec<usize>,
+    /// The first copy of each new `webhook-id`, by `webhook-id`.
+    new: Vec<usize>,
+    /// Whether each delivery of the batch is offered to the upsert: at most one per prediction.
+    offered: Vec<bool>,
 }
 
 impl<'a> Plan<'a> {
-    pub fn new(batch: &'a [NewDelivery]) -> Self {
-        let mut candidates: Vec<usize> = (0..batch.len()).collect();
-        // Stable: among copies of one id the first stays first, and `dedup_by` keeps it.
-        candidates.sort_by(|&a, &b| batch[a].webhook_id.cmp(&batch[b].webhook_id));
-        candidates.dedup_by(|later, first| batch[*later].webhook_id == batch[*first].webhook_id);
-        Self {
-            batch,
-            outcomes: vec![Outcome::Duplicate; batch.len()],
-            candidates,
-            winners: Vec::new(),
-        }
-    }
-
-    /// The deliveries to insert.
-    pub fn candidates(&self) -> Vec<&'a NewDelivery> {
-        self.rows(&self.candidates)
-    }
-
-    /// Takes the `webhook-id`s the insert wrote; every other delivery was seen before.
-    pub fn inserted(&mut self, webhook_ids: &[String]) {
-        let batch = self.batch;
-        let inserted: HashSet<&str> = webhook_ids.iter().map(String::as_str).collect();
-        let mut new: Vec<usize> = self
-            .candidates
-            .iter()
-            .copied()
-            .filter(|&i| inserted.contains(batch[i].webhook_id.as_str()))
+    /// Plans `batch`, given which of its `webhook-id`s were recorded before (`seen`).
+    pub fn new(batch: &'a [NewDelivery], seen: &[String]) -> Self {
+        let seen: HashSet<&str> = seen.iter().map(String::as_str).collect();
+        let mut new: Vec<usize> = (0..batch.len())
+            .filter(|&i| !seen.contains(batch[i].webhook_id.as_str()))
             .collect();
-        new.sort_unstable();
+        // Stable: among copies of one id the first stays first, and `dedup_by` keeps it.
+        new.sort_by(|&a, &b| batch[a].webhook_id.cmp(&batch[b].webhook_id));
+        new.dedup_by(|later, first| batch[*later].webhook_id == batch[*first].webhook_id);
+
+        let mut outcomes = vec![Outcome::Duplicate; batch.len()];
         let mut greatest: BTreeMap<&str, usize> = BTreeMap::new();
-        for i in new {
-            self.outcomes[i] = Outcome::Ignored;
+        let mut in_order = new.clone();
+        in_order.sort_unstable();
+        for i in in_order {
+            outcomes[i] = Outcome::Ignored;
             greatest
                 .entry(batch[i].prediction.id.as_str())
                 .and_modify(|best| {
@@ -64,34 +48,41 @@ impl<'a> Plan<'a> {
                 })
                 .or_insert(i);
         }
-        self.winners = greatest.into_values().collect();
+        let mut offered = vec![false; batch.len()];
+        for i in greatest.into_values() {
+            offered[i] = true;
+        }
+        Self {
+            batch,
+            outcomes,
+            new,
+            offered,
+        }
     }
 
-    /// The deliveries to offer to the upsert, one per prediction.
-    pub fn winners(&self) -> Vec<&'a NewDelivery> {
-        self.rows(&self.winners)
+    /// The deliveries to insert, by `webhook-id`.
+    pub fn new_deliveries(&self) -> Vec<&'a NewDelivery> {
+        self.new.iter().map(|&i| &self.batch[i]).collect()
     }
 
-    /// Takes the prediction ids the upsert changed, and returns the deliveries that changed them.
-    pub fn applied(&mut self, prediction_ids: &[String]) -> Vec<&'a NewDelivery> {
+    /// Whether each of [`Plan::new_deliveries`] is offered to the upsert.
+    pub fn offered(&self) -> Vec<bool> {
+        self.new.iter().map(|&i| self.offered[i]).collect()
+    }
+
+    /// Takes the prediction ids the upsert changed: their offered deliveries were applied.
+    pub fn applied(&mut self, prediction_ids: &[String]) {
         let changed: HashSet<&str> = prediction_ids.iter().map(String::as_str).collect();
-        let mut applied = Vec::new();
-        for &i in &self.winners {
-            if changed.contains(self.batch[i].prediction.id.as_str()) {
+        for &i in &self.new {
+            if self.offered[i] && changed.contains(self.batch[i].prediction.id.as_str()) {
                 self.outcomes[i] = Outcome::Applied;
-                applied.push(&self.batch[i]);
             }
         }
-        applied
     }
 
     /// One outcome per delivery of the batch, in its order.
     pub fn outcomes(self) -> Vec<Outcome> {
         self.outcomes
-    }
-
-    fn rows(&self, indexes: &[usize]) -> Vec<&'a NewDelivery> {
-        indexes.iter().map(|&i| &self.batch[i]).collect()
     }
 }
 
@@ -126,17 +117,15 @@ mod tests {
             delivery("w1", "p2", "starting", 1),
             delivery("w2", "p1", "succeeded", 2),
         ];
-        let mut plan = Plan::new(&batch);
-        assert_eq!(ids(plan.candidates()), ["w1", "w2"]);
-        plan.inserted(&["w1".into(), "w2".into()]);
-        assert_eq!(ids(plan.winners()), ["w2", "w1"]); // by prediction id: p1, p2
-        assert_eq!(ids(plan.applied(&["p1".into(), "p2".into()])), ["w2", "w1"]);
-        let outcomes = plan.outcomes();
+        let mut plan = Plan::new(&batch, &[]);
+        assert_eq!(ids(plan.new_deliveries()), ["w1", "w2"]);
+        assert_eq!(plan.offered(), [true, true]);
+        plan.applied(&["p1".into(), "p2".into()]);
+        // The duplicate is the copy that would have advanced p1: a seen id writes nothing.
         assert_eq!(
-            outcomes,
+            plan.outcomes(),
             [Outcome::Applied, Outcome::Applied, Outcome::Duplicate]
         );
-        // The duplicate is the copy that would have advanced p1: a seen id writes nothing.
     }
 
     #[test]
@@ -147,10 +136,9 @@ mod tests {
             delivery("w3", "p1", "starting", 9),
             delivery("w4", "p1", "succeeded", 3),
         ];
-        let mut plan = Plan::new(&batch);
-        plan.inserted(&["w1".into(), "w2".into(), "w3".into(), "w4".into()]);
+        let mut plan = Plan::new(&batch, &[]);
         // w2 and w4 are equal: the first wins, as serially w4 would not supersede it.
-        assert_eq!(ids(plan.winners()), ["w2"]);
+        assert_eq!(plan.offered(), [false, true, false, false]);
         plan.applied(&["p1".into()]);
         assert_eq!(
             plan.outcomes(),
@@ -169,10 +157,25 @@ mod tests {
             delivery("w1", "p1", "succeeded", 1),
             delivery("w2", "p2", "starting", 1),
         ];
-        let mut plan = Plan::new(&batch);
-        plan.inserted(&["w2".into()]);
-        assert_eq!(ids(plan.winners()), ["w2"]);
-        assert!(plan.applied(&[]).is_empty());
+        let mut plan = Plan::new(&batch, &["w1".into()]);
+        assert_eq!(ids(plan.new_deliveries()), ["w2"]);
+        assert_eq!(plan.offered(), [true]);
+        plan.applied(&[]);
         assert_eq!(plan.outcomes(), [Outcome::Duplicate, Outcome::Ignored]);
+    }
+
+    #[test]
+    fn a_seen_delivery_does_not_stand_in_for_its_prediction() {
+        // The seen copy is the greatest, but writes nothing: the new one is offered, and the
+        // stored state decides.
+        let batch = [
+            delivery("w1", "p1", "succeeded", 1),
+            delivery("w2", "p1", "processing", 1),
+        ];
+        let mut plan = Plan::new(&batch, &["w1".into()]);
+        assert_eq!(ids(plan.new_deliveries()), ["w2"]);
+        assert_eq!(plan.offered(), [true]);
+        plan.applied(&["p1".into()]);
+        assert_eq!(plan.outcomes(), [Outcome::Duplicate, Outcome::Applied]);
     }
 }
