@@ -48,18 +48,28 @@ pub fn prediction(id: &str, status: &str) -> String {
         "input": {"text": "Alice"},
         "logs": match status {
             "starting" => "",
-            "processing" => "Using seed: 1234\n",
-            _ => "Using seed: 1234\nhello Alice\n",
+            "processing" => "Using seed: 1234\n 40%|####      | 20/50\n",
+            _ => "Using seed: 1234\n100%|##########| 50/50\n",
         },
-        "output": if status == "succeeded" { json!("hello Alice") } else { json!(null) },
+        "output": if status == "succeeded" {
+            json!([
+                format!("https://replicate.delivery/pbxt/{id}/out-0.png"),
+                format!("https://replicate.delivery/pbxt/{id}/out-1.png"),
+            ])
+        } else {
+            json!(null)
+        },
         "error": if status == "failed" { json!("the sample failed on purpose") } else { json!(null) },
         "status": status,
         "created_at": now,
         "urls": {
             "get": format!("https://api.replicate.com/v1/predictions/{id}"),
             "cancel": format!("https://api.replicate.com/v1/predictions/{id}/cancel"),
+            "stream": format!("https://stream.replicate.com/v1/files/{id}"),
             "web": format!("https://replicate.com/p/{id}"),
         },
+        "webhook": "https://inbox.example.com/webhooks/replicate",
+        "webhook_events_filter": ["start", "output", "logs", "completed"],
         "data_removed": false,
         "source": "api",
     });

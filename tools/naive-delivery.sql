@@ -1,6 +1,6 @@
 -- pgbench script: one delivery per transaction, as a receiver without group commit writes it —
 -- the delivery row and the guarded upsert of its prediction in one statement (the statement this
--- service ran per delivery before group commit), then a NOTIFY for waiters. Bodies are ~620 bytes,
+-- service ran per delivery before group commit), then a NOTIFY for waiters. Bodies are ~870 bytes,
 -- like the load tool's; predictions are drawn from 100,000, so most deliveries update a row.
 \set p random(1, 100000)
 \set w random(1, 1000000000000)
@@ -12,7 +12,7 @@ WITH d AS (
            extract(epoch FROM clock_timestamp())::bigint AS ts
 ), body AS (
     SELECT format('{"id":"%s","model":"replicate/hello-world","version":"5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa","input":{"text":"Alice"},"logs":"","output":null,"error":null,"status":"%s","created_at":"2026-11-25T00:00:00Z","urls":{"get":"https://api.replicate.com/v1/predictions/%s","cancel":"https://api.replicate.com/v1/predictions/%s/cancel"},"padding":"%s"}',
-                  d.id, d.status, d.id, d.id, repeat('x', 200)) AS text
+                  d.id, d.status, d.id, d.id, repeat('x', 450)) AS text
     FROM d
 ), latest AS (
     INSERT INTO predictions AS p

@@ -94,6 +94,9 @@ impl Service {
         // A profiler to run the service under, e.g. `valgrind --tool=massif`.
         let wrap = std::env::var("INBOX_BENCH_WRAP").unwrap_or_default();
         let mut words = wrap.split_whitespace().chain([binary]);
+        // The bench's own `INBOX_*` settings reach the service, to try one out.
+        let settings = std::env::vars()
+            .filter(|(key, _)| key.starts_with("INBOX_") && !key.starts_with("INBOX_BENCH_"));
         let child = Command::new(words.next().unwrap_or(binary))
             .args(words)
             .env_clear()
@@ -102,6 +105,7 @@ impl Service {
             .env("INBOX_API_TOKENS", TOKEN)
             .env("INBOX_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
+            .envs(settings)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
