@@ -98,3 +98,35 @@ async fn outages_under_load_refuse_with_503_recover_by_themselves_and_lose_nothi
         recovered.as_millis()
     );
 }
+
+/// A restarted server, or a failover, leaves every idle pooled connection dead. The service learns
+/// it from each one's first statement and starts over on another, so callers never see it: no
+/// 503 for a read, a write or the readiness probe.
+#[tokio::test]
+async fn connections_that_died_idle_are_replaced_without_an_error() {
+    let app = spawn_app(Backend::Postgres).await;
+    let first = common::Delivery::new(common::prediction("p1", "starting", ""));
+    app.deliver(&first).await;
+    // Several reads at once, so that the pool holds several idle connections, not one.
+    let reads: Vec<_> = (0..8).map(|_| app.prediction("p1")).collect();
+    for read in futures_util::future::join_all(reads).await {
+        assert_eq!(read.as_deref(), Some(first.body.as_str()));
+    }
+
+    app.postgres().0.admin(TERMINATE).await;
+
+    let later = common::Delivery::new(common::prediction("p1", "succeeded", ""));
+    assert_eq!(app.deliver(&later).await, "applied");
+    assert_eq!(
+        app.prediction("p1").await.as_deref(),
+        Some(later.body.as_str())
+    );
+    let list = app.get("/v1/predictions").await;
+    assert_eq!(list.status(), 200);
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await;
+    assert_eq!(ready.expect("readyz").status(), 200);
+}

@@ -39,6 +39,11 @@ impl Postgres {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // sqlx pings a connection when it is returned, and by default again before handing it
+            // out: a round trip on every request's path, which doubled a read's time and most of
+            // its tail. A connection that died idle (a restarted server) fails its first statement
+            // instead, and the operation starts again on another: see `Postgres::live`.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(Self {
@@ -71,7 +76,8 @@ impl Storage for Postgres {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        self.live(|| sqlx::query("SELECT 1").execute(&self.pool))
+            .await?;
         Ok(())
     }
 
@@ -80,8 +86,8 @@ impl Storage for Postgres {
     }
 
     async fn count_by_status(&self) -> Result<Vec<(Option<String>, i64)>, StoreError> {
-        Ok(sqlx::query_as(store::COUNT_BY_STATUS)
-            .fetch_all(&self.pool)
+        Ok(self
+            .live(|| sqlx::query_as(store::COUNT_BY_STATUS).fetch_all(&self.pool))
             .await?)
     }
 
@@ -118,19 +124,26 @@ impl Storage for Postgres {
     }
 
     async fn prediction(&self, id: &str) -> Result<Option<StoredPrediction>, StoreError> {
-        let found = sqlx::query_as(
-            "SELECT id, status, created_at, body::text AS body FROM predictions WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let found = self
+            .live(|| {
+                sqlx::query_as(
+                    "SELECT id, status, created_at, body::text AS body FROM predictions WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+            })
+            .await?;
         Ok(found)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        let rows = keyset::select(query, "id, status, created_at, body::text AS body", |t| t)
-            .build_query_as()
-            .fetch_all(&self.pool)
+        let rows = self
+            .live(|| async {
+                keyset::select(query, "id, status, created_at, body::text AS body", |t| t)
+                    .build_query_as()
+                    .fetch_all(&self.pool)
+                    .await
+            })
             .await?;
         Ok(keyset::page(query, rows))
     }
@@ -155,7 +168,8 @@ impl Postgres {
         if rows.is_empty() {
             return Ok(plan.outcomes());
         }
-        let mut tx = self.pool.begin().await?;
+        // `BEGIN` is the first statement sent: if its connection is dead, nothing was done.
+        let mut tx = self.live(|| self.pool.begin()).await?;
         let applied: Vec<String> = sqlx::query_scalar(RECORD)
             .bind(column(&rows, |d| d.webhook_id.as_str()))
             .bind(column(&rows, |d| d.prediction.id.as_str()))
@@ -176,6 +190,38 @@ impl Postgres {
         tx.commit().await?;
         plan.applied(&applied);
         Ok(plan.outcomes())
+    }
+}
+
+impl Postgres {
+    /// Runs `operation` — a read, or the first statement of a transaction: something safe to
+    /// send again — and, while it fails because its pooled connection had died (terminated, or
+    /// the server restarted), again on another. Each dead connection is dropped as it fails, so
+    /// this ends once the pool has been through its dead ones.
+    async fn live<T, F, Run>(&self, operation: Run) -> Result<T, sqlx::Error>
+    where
+        Run: Fn() -> F,
+        F: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mut tries = self.pool.options().get_max_connections() + 1;
+        loop {
+            match operation().await {
+                Err(e) if tries > 1 && connection_lost(&e) => tries -= 1,
+                done => return done,
+            }
+        }
+    }
+}
+
+/// Whether an error says the connection is gone, before anything it was sent was done.
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) => true,
+        // admin_shutdown, crash_shutdown, and class 08: connection exceptions.
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|code| code == "57P01" || code == "57P02" || code.starts_with("08")),
+        _ => false,
     }
 }
 
