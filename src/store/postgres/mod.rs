@@ -104,13 +104,9 @@ impl Storage for Postgres {
                     if e.constraint() == Some(DELIVERIES_KEY) && attempt < MAX_ATTEMPTS =>
                 {
                     attempt += 1;
+                    let ids: Vec<&str> = batch.iter().map(|d| d.webhook_id.as_str()).collect();
                     seen = sqlx::query_scalar(SEEN)
-                        .bind(
-                            batch
-                                .iter()
-                                .map(|d| d.webhook_id.as_str())
-                                .collect::<Vec<_>>(),
-                        )
+                        .bind(ids)
                         .fetch_all(&self.pool)
                         .await?;
                 }
@@ -213,10 +209,18 @@ impl Postgres {
     }
 }
 
-/// Whether an error says the connection is gone, before anything it was sent was done.
+/// Whether an error says an established connection is gone. (A refused connection attempt is not
+/// this: trying again at once would only knock again on a server that is down.)
 fn connection_lost(error: &sqlx::Error) -> bool {
+    use std::io::ErrorKind;
     match error {
-        sqlx::Error::Io(_) => true,
+        sqlx::Error::Io(e) => matches!(
+            e.kind(),
+            ErrorKind::BrokenPipe
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::UnexpectedEof
+        ),
         // admin_shutdown, crash_shutdown, and class 08: connection exceptions.
         sqlx::Error::Database(e) => e
             .code()
