@@ -187,9 +187,7 @@ impl Postgres {
         plan.applied(&applied);
         Ok(plan.outcomes())
     }
-}
 
-impl Postgres {
     /// Runs `operation` — a read, or the first statement of a transaction: something safe to
     /// send again — and, while it fails because its pooled connection had died (terminated, or
     /// the server restarted), again on another. Each dead connection is dropped as it fails, so
@@ -246,14 +244,15 @@ const SEEN: &str = "SELECT webhook_id FROM deliveries WHERE webhook_id = ANY($1)
 
 /// A batch's new deliveries, in one statement; each body is cast to `json` once.
 ///
-/// The upsert runs first, as the final `SELECT` reads all of it, and the deliveries are inserted
-/// after with `applied` from its answer: so every batch locks prediction rows (in id order), then
-/// delivery keys (in id order), and overlapping batches cannot deadlock. At most one row per
-/// prediction is offered (Postgres refuses to update one row twice in a statement). Concurrent
-/// batches serialise on each prediction's row; the guard is re-checked against the newest version,
-/// so none is lost and none regresses it. `created_at` is never changed once set: it is the sort
-/// key. The notifications are delivered only if the transaction commits, so a woken waiter always
-/// finds the new state.
+/// The upsert runs first: the final `SELECT` reads all of it, and Postgres runs a data-modifying
+/// `WITH` that the final query does not read (the deliveries' insert) only once that query is
+/// done. So the deliveries go in with `applied` from the upsert's answer, and every batch locks
+/// prediction rows (in id order), then delivery keys (in id order): overlapping batches cannot
+/// deadlock. At most one row per prediction is offered (Postgres refuses to update one row twice
+/// in a statement). Concurrent batches serialise on each prediction's row; the guard is re-checked
+/// against the newest version, so none is lost and none regresses it. `created_at` is never
+/// changed once set: it is the sort key. The notifications are delivered only if the transaction
+/// commits, so a woken waiter always finds the new state.
 const RECORD: &str = r#"
 WITH d AS (
     SELECT webhook_id, prediction_id, webhook_timestamp, received_at, body::json AS body,
