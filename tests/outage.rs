@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::load::{Load, Sent, verify_acknowledged};
-use common::{Backend, spawn_app};
+use common::{Backend, Delivery, prediction, spawn_app};
 
 const TERMINATE: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                          WHERE datname = '{db}' AND application_name = 'prediction-inbox'";
@@ -105,7 +105,7 @@ async fn outages_under_load_refuse_with_503_recover_by_themselves_and_lose_nothi
 #[tokio::test]
 async fn connections_that_died_idle_are_replaced_without_an_error() {
     let app = spawn_app(Backend::Postgres).await;
-    let first = common::Delivery::new(common::prediction("p1", "starting", ""));
+    let first = Delivery::new(prediction("p1", "starting", ""));
     app.deliver(&first).await;
     // Several reads at once, so that the pool holds several idle connections, not one.
     let reads: Vec<_> = (0..8).map(|_| app.prediction("p1")).collect();
@@ -115,7 +115,7 @@ async fn connections_that_died_idle_are_replaced_without_an_error() {
 
     app.postgres().0.admin(TERMINATE).await;
 
-    let later = common::Delivery::new(common::prediction("p1", "succeeded", ""));
+    let later = Delivery::new(prediction("p1", "succeeded", ""));
     assert_eq!(app.deliver(&later).await, "applied");
     assert_eq!(
         app.prediction("p1").await.as_deref(),
