@@ -30,7 +30,6 @@ pub enum IngestError {
     Busy,
 }
 
-/// Records one delivery. `Ok` means it is committed and may be acknowledged.
 /// Records one delivery before `deadline`. `Ok` means it is committed and may be acknowledged;
 /// an error means it was not recorded (but for a commit that races the deadline, which the
 /// sender's retry then finds as a duplicate).
