@@ -1,7 +1,11 @@
 -- pgbench script: one delivery per transaction, as a receiver without group commit writes it —
 -- the delivery row and the guarded upsert of its prediction in one statement (the statement this
--- service ran per delivery before group commit), then a NOTIFY for waiters. Bodies are ~870 bytes,
--- like the load tool's; predictions are drawn from 100,000, so most deliveries update a row.
+-- service ran per delivery before group commit). Bodies are ~870 bytes, like the load tool's;
+-- predictions are drawn from 100,000, so most deliveries update a row.
+--
+-- `-D notify=1` adds the NOTIFY for waiters that the service sends with its writes. Postgres
+-- serialises the commits of notifying transactions, which halves this script's rate, so the naive
+-- ceiling is measured without it (`-D notify=0`), and with it only for comparison.
 \set p random(1, 100000)
 \set w random(1, 1000000000000)
 \set rank random(0, 2)
@@ -37,5 +41,7 @@ INSERT INTO deliveries (webhook_id, prediction_id, webhook_timestamp, received_a
 SELECT 'msg_' || :w, d.id, d.ts, now(), EXISTS (SELECT 1 FROM latest), body.text::json
 FROM d, body
 ON CONFLICT (webhook_id) DO NOTHING;
+\if :notify
 SELECT pg_notify('prediction_inbox_changes', 'p' || :p);
+\endif
 COMMIT;
