@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use time::OffsetDateTime;
+use tokio::time::Instant;
 
 use crate::config::DatabaseUrl;
 use crate::domain::{Prediction, Progress, Status, WebhookId};
@@ -49,12 +50,13 @@ pub trait Storage: Send + Sync + 'static {
     /// second copy of a `webhook-id` is a `Duplicate`, and of several deliveries of one prediction
     /// at most the greatest is `Applied`. Once it returns, each delivery may be acknowledged;
     /// each `Applied` change is announced to [`Storage::changes`] once committed. On error, nothing
-    /// of the batch was written.
-    async fn record(&self, batch: &[NewDelivery]) -> Result<Vec<Outcome>, StoreError>;
-
-    /// How many batches may be written at once: more than one only where the database lets
-    /// concurrent writers overlap.
-    fn concurrent_writes(&self) -> usize;
+    /// of the batch was written. At `deadline` the caller gives up on the batch and answers each
+    /// delivery 503, so nothing of it may commit later than that.
+    async fn record(
+        &self,
+        batch: &[NewDelivery],
+        deadline: Instant,
+    ) -> Result<Vec<Outcome>, StoreError>;
 
     /// A prediction's latest state.
     async fn prediction(&self, id: &str) -> Result<Option<StoredPrediction>, StoreError>;

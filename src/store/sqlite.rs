@@ -13,6 +13,7 @@ use sqlx::sqlite::{
 };
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 use crate::store::{
     self, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage, StoreError, StoredPrediction,
@@ -107,8 +108,14 @@ impl Storage for Sqlite {
     }
 
     /// One transaction; inside it, each delivery in turn, exactly as if alone. Statements on an
-    /// embedded database cost no round trip, so batching here only shares the commit's sync.
-    async fn record(&self, batch: &[NewDelivery]) -> Result<Vec<Outcome>, StoreError> {
+    /// embedded database cost no round trip, so batching here only shares the commit's sync. The
+    /// transaction is explicit, so `deadline` needs no check here: one dropped uncommitted rolls
+    /// back.
+    async fn record(
+        &self,
+        batch: &[NewDelivery],
+        _deadline: Instant,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut tx = self.writer.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for delivery in batch {
@@ -124,10 +131,6 @@ impl Storage for Sqlite {
             }
         }
         Ok(outcomes)
-    }
-
-    fn concurrent_writes(&self) -> usize {
-        1
     }
 
     async fn prediction(&self, id: &str) -> Result<Option<StoredPrediction>, StoreError> {

@@ -7,7 +7,9 @@ mod plan;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use tokio::time::Instant;
 
 use crate::store::{
     self, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage, StoreError, StoredPrediction,
@@ -20,15 +22,11 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A statement running longer than this is cancelled by the server.
 const STATEMENT_TIMEOUT: &str = "10s";
 
-/// More batches in flight than this only adds lock waits on a 2-core database.
-const MAX_CONCURRENT_WRITES: usize = 4;
-
 /// The channel on which a committed change of a prediction is announced; the payload is its id.
 const CHANGES_CHANNEL: &str = "prediction_inbox_changes";
 
 pub struct Postgres {
     pool: PgPool,
-    concurrent_writes: usize,
 }
 
 impl Postgres {
@@ -46,12 +44,7 @@ impl Postgres {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        Ok(Self {
-            pool,
-            // Batches overlap in the database (one waits on another only for a row both touch),
-            // but each holds a connection: leave at least half the pool to reads.
-            concurrent_writes: (max_connections as usize / 2).clamp(1, MAX_CONCURRENT_WRITES),
-        })
+        Ok(Self { pool })
     }
 }
 
@@ -95,11 +88,15 @@ impl Storage for Postgres {
     /// always true. A delivery seen before breaks the deliveries' primary key, which undoes the
     /// attempt; the next one reads which of the batch's ids are recorded and leaves them out.
     /// Only a copy committed by another batch in between can break it again.
-    async fn record(&self, batch: &[NewDelivery]) -> Result<Vec<Outcome>, StoreError> {
+    async fn record(
+        &self,
+        batch: &[NewDelivery],
+        deadline: Instant,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut seen = Vec::new();
         let mut attempt = 1;
         loop {
-            match self.record_new(Plan::new(batch, &seen)).await {
+            match self.record_new(Plan::new(batch, &seen), deadline).await {
                 Err(sqlx::Error::Database(e))
                     if e.constraint() == Some(DELIVERIES_KEY) && attempt < MAX_ATTEMPTS =>
                 {
@@ -113,10 +110,6 @@ impl Storage for Postgres {
                 recorded => return Ok(recorded?),
             }
         }
-    }
-
-    fn concurrent_writes(&self) -> usize {
-        self.concurrent_writes
     }
 
     async fn prediction(&self, id: &str) -> Result<Option<StoredPrediction>, StoreError> {
@@ -155,43 +148,69 @@ impl Storage for Postgres {
 
 impl Postgres {
     /// The plan's one statement: upsert each prediction's offered delivery, insert every new
-    /// delivery with `applied` as the upsert said, and announce the changes. The transaction is
-    /// explicit, though the statement alone would be atomic: a batch abandoned at its deadline
-    /// must roll back, and a statement left running in autocommit would commit whenever it got
-    /// its locks.
-    async fn record_new(&self, mut plan: Plan<'_>) -> Result<Vec<Outcome>, sqlx::Error> {
+    /// delivery with `applied` as the upsert said, and announce the changes. It runs alone, in
+    /// autocommit: a batch costs one round trip. The statement refuses to commit past `deadline`
+    /// (see `RECORD`), as a batch abandoned then must leave nothing behind.
+    ///
+    /// A connection found dead is replaced and the statement sent again. Should the first attempt
+    /// have committed after all (the connection died between its commit and the answer), the
+    /// second finds every delivery recorded and answers them as duplicates — which is what a
+    /// sender's own retry would be told.
+    async fn record_new(
+        &self,
+        mut plan: Plan<'_>,
+        deadline: Instant,
+    ) -> Result<Vec<Outcome>, sqlx::Error> {
         let rows = plan.new_deliveries();
         if rows.is_empty() {
             return Ok(plan.outcomes());
         }
-        // `BEGIN` is the first statement sent: if its connection is dead, nothing was done.
-        let mut tx = self.live(|| self.pool.begin()).await?;
-        let applied: Vec<String> = sqlx::query_scalar(RECORD)
-            .bind(column(&rows, |d| d.webhook_id.as_str()))
-            .bind(column(&rows, |d| d.prediction.id.as_str()))
-            .bind(column(&rows, |d| d.webhook_timestamp))
-            .bind(column(&rows, |d| d.received_at))
-            .bind(column(&rows, |d| d.body.as_str()))
-            .bind(plan.offered())
-            .bind(column(&rows, NewDelivery::status))
-            .bind(column(&rows, |d| d.prediction.model.as_deref()))
-            .bind(column(&rows, |d| d.prediction.version.as_deref()))
-            .bind(column(&rows, NewDelivery::created_at))
-            .bind(column(&rows, |d| d.progress.rank))
-            .bind(column(&rows, |d| d.progress.logs_len))
-            .bind(column(&rows, |d| d.progress.timestamp))
-            .bind(CHANGES_CHANNEL)
-            .fetch_all(&mut *tx)
+        let webhook_ids = column(&rows, |d| d.webhook_id.as_str());
+        let prediction_ids = column(&rows, |d| d.prediction.id.as_str());
+        let timestamps = column(&rows, |d| d.webhook_timestamp);
+        let received_at = column(&rows, |d| d.received_at);
+        let bodies = column(&rows, |d| d.body.as_str());
+        let offered = plan.offered();
+        let statuses = column(&rows, NewDelivery::status);
+        let models = column(&rows, |d| d.prediction.model.as_deref());
+        let versions = column(&rows, |d| d.prediction.version.as_deref());
+        let created_at = column(&rows, NewDelivery::created_at);
+        let ranks = column(&rows, |d| d.progress.rank);
+        let logs = column(&rows, |d| d.progress.logs_len);
+        let progress_timestamps = column(&rows, |d| d.progress.timestamp);
+        let applied: Vec<String> = self
+            .live(|| async {
+                let mut connection = ClosedIfAbandoned::new(self.pool.acquire().await?);
+                let applied = sqlx::query_scalar(RECORD)
+                    .bind(&webhook_ids)
+                    .bind(&prediction_ids)
+                    .bind(&timestamps)
+                    .bind(&received_at)
+                    .bind(&bodies)
+                    .bind(&offered)
+                    .bind(&statuses)
+                    .bind(&models)
+                    .bind(&versions)
+                    .bind(&created_at)
+                    .bind(&ranks)
+                    .bind(&logs)
+                    .bind(&progress_timestamps)
+                    .bind(CHANGES_CHANNEL)
+                    .bind(time_left(deadline))
+                    .fetch_one(&mut *connection.connection)
+                    .await;
+                connection.finished = true;
+                applied
+            })
             .await?;
-        tx.commit().await?;
         plan.applied(&applied);
         Ok(plan.outcomes())
     }
 
-    /// Runs `operation` — a read, or the first statement of a transaction: something safe to
-    /// send again — and, while it fails because its pooled connection had died (terminated, or
-    /// the server restarted), again on another. Each dead connection is dropped as it fails, so
-    /// this ends once the pool has been through its dead ones.
+    /// Runs `operation` — something safe to send again — and, while it fails because its pooled
+    /// connection had died (terminated, or the server restarted), again on another. Each dead
+    /// connection is dropped as it fails, so this ends once the pool has been through its dead
+    /// ones.
     async fn live<T, F, Run>(&self, operation: Run) -> Result<T, sqlx::Error>
     where
         Run: Fn() -> F,
@@ -227,6 +246,38 @@ fn connection_lost(error: &sqlx::Error) -> bool {
     }
 }
 
+/// A connection whose statement may be abandoned mid-flight (its batch's deadline passed): then
+/// it is closed rather than returned to the pool. The server finishes the statement alone, and
+/// fails it (see `RECORD`); returned to the pool, the connection would hold its place there, and
+/// be waited on, until the statement ended.
+struct ClosedIfAbandoned {
+    connection: PoolConnection<sqlx::Postgres>,
+    finished: bool,
+}
+
+impl ClosedIfAbandoned {
+    fn new(connection: PoolConnection<sqlx::Postgres>) -> Self {
+        Self {
+            connection,
+            finished: false,
+        }
+    }
+}
+
+impl Drop for ClosedIfAbandoned {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.connection.close_on_drop();
+        }
+    }
+}
+
+/// The time until `deadline`, in whole microseconds: the precision of an `interval`.
+fn time_left(deadline: Instant) -> Duration {
+    let left = deadline.saturating_duration_since(Instant::now());
+    Duration::from_micros(u64::try_from(left.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// One array per column: `UNNEST` turns them back into rows.
 fn column<'a, T>(deliveries: &[&'a NewDelivery], field: impl Fn(&'a NewDelivery) -> T) -> Vec<T> {
     deliveries.iter().map(|d| field(d)).collect()
@@ -244,14 +295,19 @@ const SEEN: &str = "SELECT webhook_id FROM deliveries WHERE webhook_id = ANY($1)
 
 /// A batch's new deliveries, in one statement; each body is cast to `json` once.
 ///
-/// The upsert runs first: the final `SELECT` reads all of it, and Postgres runs a data-modifying
-/// `WITH` that the final query does not read (the deliveries' insert) only once that query is
-/// done. So the deliveries go in with `applied` from the upsert's answer, and every batch locks
-/// prediction rows (in id order), then delivery keys (in id order): overlapping batches cannot
-/// deadlock. At most one row per prediction is offered (Postgres refuses to update one row twice
-/// in a statement). Concurrent batches serialise on each prediction's row; the guard is re-checked
+/// It runs in this order, which every batch follows, so that overlapping batches take their locks
+/// in one order and cannot deadlock:
+/// 1. the upsert (`latest`), locking prediction rows in id order, and its notifications: the
+///    final query's `FROM` reads all of them before anything else;
+/// 2. the deliveries' insert (`recorded`), locking delivery keys in id order, with `applied` from
+///    the upsert's answer: the final projection counts its rows;
+/// 3. the deadline check (migrations/postgres), which takes both results as arguments. It fails
+///    the statement if the batch ran past its deadline, so nothing of it commits.
+///
+/// At most one row per prediction is offered (Postgres refuses to update one row twice in a
+/// statement). Concurrent batches serialise on each prediction's row; the guard is re-checked
 /// against the newest version, so none is lost and none regresses it. `created_at` is never
-/// changed once set: it is the sort key. The notifications are delivered only if the transaction
+/// changed once set: it is the sort key. The notifications are delivered only if the statement
 /// commits, so a woken waiter always finds the new state.
 const RECORD: &str = r#"
 WITH d AS (
@@ -286,6 +342,10 @@ WITH d AS (
     SELECT webhook_id, prediction_id, webhook_timestamp, received_at,
            offered AND prediction_id IN (SELECT id FROM latest), body
     FROM d ORDER BY webhook_id
+    RETURNING 1
+), announced AS MATERIALIZED (
+    SELECT id, pg_notify($14, id) FROM latest
 )
-SELECT id, pg_notify($14, id) FROM latest
+SELECT prediction_inbox_before_deadline($15, changed, (SELECT count(*) FROM recorded))
+FROM (SELECT coalesce(array_agg(id), '{}') FROM announced) AS upserted (changed)
 "#;
