@@ -180,7 +180,7 @@ impl Postgres {
         let progress_timestamps = column(&rows, |d| d.progress.timestamp);
         let applied: Vec<String> = self
             .live(|| async {
-                let mut connection = ClosedIfAbandoned::new(self.pool.acquire().await?);
+                let mut guard = ClosedIfAbandoned::new(self.pool.acquire().await?);
                 let applied = sqlx::query_scalar(RECORD)
                     .bind(&webhook_ids)
                     .bind(&prediction_ids)
@@ -197,9 +197,9 @@ impl Postgres {
                     .bind(&progress_timestamps)
                     .bind(CHANGES_CHANNEL)
                     .bind(time_left(deadline))
-                    .fetch_one(&mut *connection.connection)
+                    .fetch_one(&mut *guard.connection)
                     .await;
-                connection.finished = true;
+                guard.finished = true;
                 applied
             })
             .await?;
