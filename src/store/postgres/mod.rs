@@ -102,9 +102,8 @@ impl Storage for Postgres {
                 {
                     attempt += 1;
                     let ids: Vec<&str> = batch.iter().map(|d| d.webhook_id.as_str()).collect();
-                    seen = sqlx::query_scalar(SEEN)
-                        .bind(ids)
-                        .fetch_all(&self.pool)
+                    seen = self
+                        .live(|| sqlx::query_scalar(SEEN).bind(&ids).fetch_all(&self.pool))
                         .await?;
                 }
                 recorded => return Ok(recorded?),
