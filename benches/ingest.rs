@@ -3,6 +3,7 @@
 //!
 //!     cargo bench --bench ingest                          # Postgres, 64 connections, 20 s
 //!     cargo bench --bench ingest -- sqlite 64 20          # the embedded store
+//!     cargo bench --bench ingest -- postgres 64 20 5      # five `processing` deliveries a life
 //!     INBOX_BENCH_DATABASE_URL=postgres://… cargo bench --bench ingest   # an existing database
 //!
 //! Every delivery is signed and written out as its HTTP/1.1 request before the clock starts: each
@@ -21,6 +22,25 @@ use support::{BenchDatabase, SECRET, Service, summary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The bodies the platform sends over one prediction's life: `starting`; then `processing`, as many
+/// times as asked, the logs growing each time (so each one advances the stored state); then
+/// `succeeded`.
+fn lifetime(id: &str, processing: usize) -> Vec<String> {
+    let mut bodies = vec![sample::prediction(id, "starting")];
+    let mut running: serde_json::Value =
+        serde_json::from_str(&sample::prediction(id, "processing")).unwrap();
+    for step in 1..=processing {
+        let logs = format!(
+            "{}step {step}\n",
+            running["logs"].as_str().unwrap_or_default()
+        );
+        running["logs"] = logs.into();
+        bodies.push(running.to_string());
+    }
+    bodies.push(sample::prediction(id, "succeeded"));
+    bodies
+}
+
 /// A signed delivery as the bytes of its HTTP/1.1 request, ready to write.
 type Request = Vec<u8>;
 
@@ -32,6 +52,9 @@ async fn main() {
     let backend = args.first().map_or("postgres", String::as_str).to_owned();
     let connections: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
+    // `processing` deliveries in each prediction's life, each with more logs than the last.
+    let processing: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let life = processing + 2;
 
     let database = match std::env::var("INBOX_BENCH_DATABASE_URL") {
         Ok(_) => None,
@@ -43,27 +66,24 @@ async fn main() {
     // Enough for each connection to run the whole time at 40,000 deliveries a second overall.
     let per_connection = (40_000 * seconds as usize)
         .div_ceil(connections)
-        .div_ceil(3)
-        * 3;
+        .div_ceil(life)
+        * life;
     let secret: Secret = SECRET.parse().unwrap();
     let mut bodies = 0;
     let streams: Vec<Vec<Request>> = (0..connections)
         .map(|_| {
-            (0..per_connection / 3)
-                .flat_map(|_| {
-                    let id = sample::prediction_id();
-                    ["starting", "processing", "succeeded"].map(|status| {
-                        let body = sample::prediction(&id, status);
-                        bodies += body.len();
-                        request(&secret, &body)
-                    })
+            (0..per_connection / life)
+                .flat_map(|_| lifetime(&sample::prediction_id(), processing))
+                .map(|body| {
+                    bodies += body.len();
+                    request(&secret, &body)
                 })
                 .collect()
         })
         .collect();
     let size = bodies / (connections * per_connection);
     println!(
-        "{backend}: {connections} connections for {seconds} s; {} deliveries signed, {size} bytes each on average",
+        "{backend}: {connections} connections for {seconds} s, {life} deliveries a prediction; {} deliveries signed, {size} bytes each on average",
         connections * per_connection
     );
 
