@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Group commit against the naive ceiling, on one fresh database, in alternating rounds:
-#   1. pgbench, one transaction per delivery (tools/naive-delivery.sql), C clients for T seconds:
+#   1. pgbench running the service's own batch statement, 32 deliveries a transaction
+#      (tools/batch-delivery.sql), from one client and then from two, for T seconds each, each on a
+#      fresh database of its own: what the database alone takes from one writer, and from two;
+#   2. pgbench, one transaction per delivery (tools/naive-delivery.sql), C clients for T seconds:
 #      the naive ceiling;
-#   2. the same with the NOTIFY the service also sends, which Postgres serialises: for comparison;
-#   3. the service under the load tool (benches/ingest.rs), C connections for T seconds;
+#   3. the same with the NOTIFY the service also sends, which Postgres serialises: for comparison;
+#   4. the service under the load tool (benches/ingest.rs), C connections for T seconds;
 # each round's ratios of deliveries per second, then the ratios of the medians. Rounds alternate
 # so that a machine whose speed drifts (a shared VM does) weighs on every side alike. Needs pgbench
 # and psql (Debian: postgresql-client).
@@ -17,29 +20,71 @@ rounds="${3:-3}"
 server="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}"
 db="inbox_compare_$$"
 url="$server/$db"
+# The statement alone writes several times what the others do: it gets a fresh database of its own
+# each time, so that the shared one grows only as the naive runs and the service make it grow.
+alone_db="inbox_compare_alone_$$"
+alone_url="$server/$alone_db"
 
 psql -q "$server/postgres" -c "CREATE DATABASE $db"
-trap 'psql -q "$server/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
+trap 'PGOPTIONS="-c client_min_messages=warning" psql -q "$server/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "DROP DATABASE IF EXISTS $alone_db WITH (FORCE)"' EXIT
 cargo build --release --quiet
 DATABASE_URL="$url" target/release/prediction-inbox migrate >/dev/null
 cargo bench --bench ingest --no-run --quiet 2>/dev/null
 
+# The service's batch statement, as the source has it, behind a function that pgbench can call.
+record="$(sed -n '/^const RECORD: &str = r#"$/,/^"#;$/p' src/store/postgres/mod.rs | sed '1d;$d')"
+[ -n "$record" ] || { echo "RECORD not found in src/store/postgres/mod.rs" >&2; exit 1; }
+fresh_alone_db() {
+    PGOPTIONS="-c client_min_messages=warning" psql -q "$server/postgres" \
+        -c "DROP DATABASE IF EXISTS $alone_db WITH (FORCE)" -c "CREATE DATABASE $alone_db"
+    DATABASE_URL="$alone_url" target/release/prediction-inbox migrate >/dev/null
+    psql -q -v ON_ERROR_STOP=1 "$alone_url" <<SQL
+CREATE FUNCTION bench_record(text[], text[], int8[], timestamptz[], text[], bool[], text[], text[],
+                             text[], timestamptz[], int2[], int8[], int8[], text, interval)
+RETURNS SETOF text[] LANGUAGE plpgsql AS \$bench\$
+BEGIN
+    RETURN QUERY $record;
+END
+\$bench\$;
+SQL
+}
+
 naive_rates=()
 notify_rates=()
+batch1_rates=()
+batch2_rates=()
 service_rates=()
 naive() {
     pgbench -n -c "$connections" -j 2 -T "$seconds" -D notify="$1" -f tools/naive-delivery.sql "$url" 2>&1
 }
+tps() {
+    sed -nE 's/^tps = ([0-9.]+).*/\1/p'
+}
+# Deliveries a second of the service's batch statement, 32 a transaction, from $1 clients.
+batched() {
+    local out
+    fresh_alone_db
+    out="$(pgbench -n -c "$1" -j "$1" -T "$seconds" -D k=-1 -D batch=32 -D run=1 \
+        -f tools/batch-delivery.sql "$alone_url" 2>&1)" || { echo "$out" >&2; return 1; }
+    echo "$out" | tps | awk '{ printf "%.0f", $1 * 32 }'
+}
 for round in $(seq "$rounds"); do
+    # First, so that what it writes is flushed by a checkpoint before the others run, not during.
+    echo "== round $round/$rounds: the service's batch statement alone, pgbench, 32 deliveries a transaction, $seconds s each"
+    batch1_rates+=("$(batched 1)")
+    batch2_rates+=("$(batched 2)")
+    echo "one client: ${batch1_rates[-1]} deliveries/s; two clients: ${batch2_rates[-1]} deliveries/s"
+    psql -q "$server/postgres" -c "DROP DATABASE $alone_db WITH (FORCE)" -c "CHECKPOINT"
+
     echo "== round $round/$rounds: naive, pgbench, one transaction per delivery, $connections clients, $seconds s"
     out="$(naive 0)"
     echo "$out" | grep -E "latency average|tps|failed"
-    naive_rates+=("$(echo "$out" | sed -nE 's/^tps = ([0-9.]+).*/\1/p')")
+    naive_rates+=("$(echo "$out" | tps)")
 
     echo "== round $round/$rounds: naive with NOTIFY, for comparison"
     out="$(naive 1)"
     echo "$out" | grep -E "latency average|tps|failed"
-    notify_rates+=("$(echo "$out" | sed -nE 's/^tps = ([0-9.]+).*/\1/p')")
+    notify_rates+=("$(echo "$out" | tps)")
 
     echo "== round $round/$rounds: group commit, the service under the load tool, $connections connections, $seconds s"
     loaded="$(INBOX_BENCH_DATABASE_URL="$url" cargo bench --bench ingest --quiet -- postgres "$connections" "$seconds" 2>/dev/null)"
@@ -47,12 +92,16 @@ for round in $(seq "$rounds"); do
     service_rates+=("$(echo "$loaded" | sed -nE 's/.*: ([0-9]+) deliveries\/s.*/\1/p')")
 done
 
-python3 - "${naive_rates[*]}" "${notify_rates[*]}" "${service_rates[*]}" <<'PY'
+python3 - "${naive_rates[*]}" "${notify_rates[*]}" "${batch1_rates[*]}" "${batch2_rates[*]}" "${service_rates[*]}" <<'PY'
 import statistics, sys
-naive, notify, service = ([float(x) for x in arg.split()] for arg in sys.argv[1:4])
-for i, (n, m, s) in enumerate(zip(naive, notify, service), 1):
-    print(f"round {i}: {s:.0f} vs naive {n:.0f} = {s / n:.2f}x (vs naive with NOTIFY {m:.0f} = {s / m:.2f}x)")
+naive, notify, batch1, batch2, service = ([float(x) for x in arg.split()] for arg in sys.argv[1:6])
+for i, (n, m, b1, b2, s) in enumerate(zip(naive, notify, batch1, batch2, service), 1):
+    print(f"round {i}: {s:.0f} vs naive {n:.0f} = {s / n:.2f}x (vs naive with NOTIFY {m:.0f} = {s / m:.2f}x);"
+          f" the statement alone {b1:.0f} = {b1 / n:.2f}x, two clients {b2:.0f} = {b2 / n:.2f}x")
 n, m, s = statistics.median(naive), statistics.median(notify), statistics.median(service)
+b1, b2 = statistics.median(batch1), statistics.median(batch2)
 print(f"ratio of medians: {s / n:.2f}x the naive ceiling ({s:.0f} vs {n:.0f} deliveries/s)")
 print(f"  against the naive with NOTIFY: {s / m:.2f}x ({m:.0f} deliveries/s)")
+print(f"  the service's statement alone, one client: {b1 / n:.2f}x ({b1:.0f} deliveries/s);"
+      f" two clients: {b2 / n:.2f}x ({b2:.0f})")
 PY
