@@ -82,9 +82,10 @@ impl Writer {
 }
 
 /// One batch at a time: everything queued, up to a batch, or else the next delivery to arrive.
-/// A second writer would halve the batches without writing them any sooner: on Postgres a batch is
-/// one round trip, and one writer wrote 15–45 % more per second than two or four, at 16, 64 and
-/// 256 connections (docs/benchmarks.md).
+/// With the service and Postgres on one 2-core machine, one writer wrote 15–45 % more per second
+/// than two or four, at 16, 64 and 256 connections: a second halves the batches, and the CPU it
+/// would need is the HTTP side's. Postgres alone takes 1.7–1.9 times as much from two writers
+/// as from one (docs/benchmarks.md), so where the database has cores of its own, measure again.
 async fn write_batches(store: Store, mut queue: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
