@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Group commit against the naive ceiling, on one fresh database, in alternating rounds:
+# Group commit against the naive ceiling, in alternating rounds on one fresh database (the statement
+# alone, step 1, gets fresh ones of its own):
 #   1. pgbench running the service's own batch statement, 32 deliveries a transaction
 #      (tools/batch-delivery.sql), from one client and then from two, for T seconds each, each on a
 #      fresh database of its own: what the database alone takes from one writer, and from two;
