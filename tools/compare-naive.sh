@@ -25,6 +25,9 @@ url="$server/$db"
 # each time, so that the shared one grows only as the naive runs and the service make it grow.
 alone_db="inbox_compare_alone_$$"
 alone_url="$server/$alone_db"
+# Deliveries a transaction of the statement alone: about what the service's batches hold at 64
+# connections.
+batch=32
 
 psql -q "$server/postgres" -c "CREATE DATABASE $db"
 trap 'PGOPTIONS="-c client_min_messages=warning" psql -q "$server/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "DROP DATABASE IF EXISTS $alone_db WITH (FORCE)"' EXIT
@@ -61,17 +64,17 @@ naive() {
 tps() {
     sed -nE 's/^tps = ([0-9.]+).*/\1/p'
 }
-# Deliveries a second of the service's batch statement, 32 a transaction, from $1 clients.
+# Deliveries a second of the service's batch statement, $batch a transaction, from $1 clients.
 batched() {
     local out
     fresh_alone_db
-    out="$(pgbench -n -c "$1" -j "$1" -T "$seconds" -D k=-1 -D batch=32 -D run=1 \
+    out="$(pgbench -n -c "$1" -j "$1" -T "$seconds" -D k=-1 -D batch="$batch" -D run=1 \
         -f tools/batch-delivery.sql "$alone_url" 2>&1)" || { echo "$out" >&2; return 1; }
-    echo "$out" | tps | awk '{ printf "%.0f", $1 * 32 }'
+    echo "$out" | tps | awk -v batch="$batch" '{ printf "%.0f", $1 * batch }'
 }
 for round in $(seq "$rounds"); do
     # First, so that what it writes is flushed by a checkpoint before the others run, not during.
-    echo "== round $round/$rounds: the service's batch statement alone, pgbench, 32 deliveries a transaction, $seconds s each"
+    echo "== round $round/$rounds: the service's batch statement alone, pgbench, $batch deliveries a transaction, $seconds s each"
     batch1_rates+=("$(batched 1)")
     batch2_rates+=("$(batched 2)")
     echo "one client: ${batch1_rates[-1]} deliveries/s; two clients: ${batch2_rates[-1]} deliveries/s"
