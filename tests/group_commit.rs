@@ -173,3 +173,37 @@ crate::on_each_backend!(
     a_failed_batch_answers_503_to_every_delivery_in_it_and_records_none,
     past_a_full_queue_senders_get_503_and_lose_nothing,
 );
+
+/// Batches go out on one connection that the writer keeps. Through the pool, each batch paid one
+/// more round trip (sqlx pings every connection it takes back) and, while that ping was out, the
+/// next batch took another connection: batches rotated over several backends.
+#[tokio::test]
+async fn batches_are_written_on_one_connection_the_writer_keeps() {
+    let app = spawn_app(Backend::Postgres).await;
+    // Reads at once, so that the pool holds several idle connections, which it hands out in turn.
+    join_all((0..8).map(|_| app.prediction("p0"))).await;
+    // Senders that keep the writer busy: each next batch is ready as the last one commits.
+    join_all((0..16).map(|sender| {
+        let app = &app;
+        async move {
+            for i in 0..20 {
+                let id = format!("p{sender}_{i}");
+                assert_eq!(
+                    app.deliver(&Delivery::new(prediction(&id, "starting", "")))
+                        .await,
+                    "applied"
+                );
+            }
+        }
+    }))
+    .await;
+    // Each backend's `query` is (the start of) the last statement it ran.
+    let writers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = 'prediction-inbox' AND query LIKE '%UNNEST($1::text[]%'",
+    )
+    .fetch_one(app.postgres().1)
+    .await
+    .unwrap();
+    assert_eq!(writers, 1);
+}

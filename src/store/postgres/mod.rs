@@ -7,8 +7,9 @@ mod plan;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::store::{
@@ -17,7 +18,8 @@ use crate::store::{
 };
 use plan::Plan;
 
-/// How long a request waits for a pooled connection before the database counts as unavailable.
+/// How long a request waits for a pooled connection, or a batch for its connection to be opened,
+/// before the database counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A statement running longer than this is cancelled by the server.
 const STATEMENT_TIMEOUT: &str = "10s";
@@ -27,6 +29,11 @@ const CHANGES_CHANNEL: &str = "prediction_inbox_changes";
 
 pub struct Postgres {
     pool: PgPool,
+    /// The connection batches are written on, kept from one batch to the next and opened again
+    /// when lost. Through the pool, each batch cost one more round trip, as sqlx pings every
+    /// connection it takes back; and as the pool hands out its idle connections in turn, batches
+    /// went round all of its backends. Nor do writes ever wait behind reads for a connection.
+    writes: Mutex<Option<PgConnection>>,
 }
 
 impl Postgres {
@@ -44,7 +51,10 @@ impl Postgres {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writes: Mutex::new(None),
+        })
     }
 }
 
@@ -141,6 +151,9 @@ impl Storage for Postgres {
     }
 
     async fn close(&self) {
+        if let Some(connection) = self.writes.lock().await.take() {
+            let _ = connection.close().await;
+        }
         self.pool.close().await;
     }
 }
@@ -148,8 +161,9 @@ impl Storage for Postgres {
 impl Postgres {
     /// The plan's one statement: upsert each prediction's offered delivery, insert every new
     /// delivery with `applied` as the upsert said, and announce the changes. It runs alone, in
-    /// autocommit: a batch costs one round trip. The statement refuses to commit past `deadline`
-    /// (see `RECORD`), as a batch abandoned then must leave nothing behind.
+    /// autocommit, on the connection kept for writes: a batch costs one round trip. The statement
+    /// refuses to commit past `deadline` (see `RECORD`), as a batch abandoned then must leave
+    /// nothing behind.
     ///
     /// A connection found dead is replaced and the statement sent again. Should the first attempt
     /// have committed after all (the connection died between its commit and the answer), the
@@ -179,7 +193,24 @@ impl Postgres {
         let progress_timestamps = column(&rows, |d| d.progress.timestamp);
         let applied: Vec<String> = self
             .live(|| async {
-                let mut guard = ClosedIfAbandoned::new(self.pool.acquire().await?);
+                let mut kept = self.writes.lock().await;
+                // Taken out while the statement runs: if the batch is abandoned at its deadline,
+                // this future is dropped and the connection with it, closed. The server finishes
+                // the statement alone and fails it (see `RECORD`); kept, the connection would
+                // have to wait for that before the next batch could use it.
+                let mut connection = match kept.take() {
+                    Some(connection) => connection,
+                    None => {
+                        tokio::time::timeout(ACQUIRE_TIMEOUT, self.pool.connect_options().connect())
+                            .await
+                            .map_err(|_| {
+                                std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "opening the connection for writes timed out",
+                                )
+                            })??
+                    }
+                };
                 let applied = sqlx::query_scalar(RECORD)
                     .bind(&webhook_ids)
                     .bind(&prediction_ids)
@@ -196,9 +227,11 @@ impl Postgres {
                     .bind(&progress_timestamps)
                     .bind(CHANGES_CHANNEL)
                     .bind(time_left(deadline))
-                    .fetch_one(&mut *guard.connection)
+                    .fetch_one(&mut connection)
                     .await;
-                guard.finished = true;
+                if !applied.as_ref().is_err_and(connection_lost) {
+                    *kept = Some(connection);
+                }
                 applied
             })
             .await?;
@@ -242,32 +275,6 @@ fn connection_lost(error: &sqlx::Error) -> bool {
             .code()
             .is_some_and(|code| code == "57P01" || code == "57P02" || code.starts_with("08")),
         _ => false,
-    }
-}
-
-/// A connection whose statement may be abandoned mid-flight (its batch's deadline passed): then
-/// it is closed rather than returned to the pool. The server finishes the statement alone, and
-/// fails it (see `RECORD`); returned to the pool, the connection would hold its place there, and
-/// be waited on, until the statement ended.
-struct ClosedIfAbandoned {
-    connection: PoolConnection<sqlx::Postgres>,
-    finished: bool,
-}
-
-impl ClosedIfAbandoned {
-    fn new(connection: PoolConnection<sqlx::Postgres>) -> Self {
-        Self {
-            connection,
-            finished: false,
-        }
-    }
-}
-
-impl Drop for ClosedIfAbandoned {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.connection.close_on_drop();
-        }
     }
 }
 
