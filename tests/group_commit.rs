@@ -207,3 +207,65 @@ async fn batches_are_written_on_one_connection_the_writer_keeps() {
     .unwrap();
     assert_eq!(writers, 1);
 }
+
+/// Once the store is closed (at shutdown, after the last request), a batch opens no connection:
+/// the one kept for writes is closed with the pool, and not opened again.
+#[tokio::test]
+async fn a_closed_store_writes_nothing_and_leaves_no_connection_open() {
+    use prediction_inbox::config::DatabaseUrl;
+    use prediction_inbox::domain::{Prediction, Progress, WebhookId};
+    use prediction_inbox::store::{self, NewDelivery};
+
+    let db = common::TestDatabase::create().await;
+    let store = store::open(&DatabaseUrl::Postgres(db.url.clone()), 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let delivery = |webhook_id: &str| {
+        let body = prediction("p1", "starting", "");
+        let prediction = Prediction::parse(&body).unwrap();
+        NewDelivery {
+            webhook_id: WebhookId::parse(webhook_id).unwrap(),
+            webhook_timestamp: now(),
+            progress: Progress::new(prediction.status.as_ref(), 0, now()),
+            prediction,
+            body,
+            received_at: time::OffsetDateTime::now_utc(),
+        }
+    };
+    let deadline = || tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    store
+        .record(&[delivery("msg_1")], deadline())
+        .await
+        .unwrap();
+    store.close().await;
+
+    assert!(
+        store
+            .record(&[delivery("msg_2")], deadline())
+            .await
+            .is_err()
+    );
+    let pool = db.pool().await;
+    // A closed connection's backend leaves `pg_stat_activity` a moment after it is closed.
+    let mut open = -1_i64;
+    for _ in 0..50 {
+        open = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'prediction-inbox'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(open, 0, "connections left open");
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1);
+}

@@ -151,10 +151,11 @@ impl Storage for Postgres {
     }
 
     async fn close(&self) {
+        // The pool first: once it is closed, no batch opens a connection for writes again.
+        self.pool.close().await;
         if let Some(connection) = self.writes.lock().await.take() {
             let _ = connection.close().await;
         }
-        self.pool.close().await;
     }
 }
 
@@ -200,6 +201,8 @@ impl Postgres {
                 // have to wait for that before the next batch could use it.
                 let mut connection = match kept.take() {
                     Some(connection) => connection,
+                    // Closed with the pool: a store that is shut down opens nothing more.
+                    None if self.pool.is_closed() => return Err(sqlx::Error::PoolClosed),
                     None => {
                         tokio::time::timeout(ACQUIRE_TIMEOUT, self.pool.connect_options().connect())
                             .await
