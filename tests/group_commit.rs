@@ -175,8 +175,8 @@ crate::on_each_backend!(
 );
 
 /// Batches go out on one connection that the writer keeps. Through the pool, each batch paid one
-/// more round trip (sqlx pings every connection it takes back) and, while that ping was out, the
-/// next batch took another connection: batches rotated over several backends.
+/// more round trip (sqlx pings every connection it takes back), and as the pool hands out its idle
+/// connections in turn, batches went round all of its backends.
 #[tokio::test]
 async fn batches_are_written_on_one_connection_the_writer_keeps() {
     let app = spawn_app(Backend::Postgres).await;

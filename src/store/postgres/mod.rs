@@ -232,7 +232,7 @@ impl Postgres {
                     .bind(time_left(deadline))
                     .fetch_one(&mut connection)
                     .await;
-                if !applied.as_ref().is_err_and(connection_lost) {
+                if still_usable(&applied) {
                     *kept = Some(connection);
                 }
                 applied
@@ -278,6 +278,17 @@ fn connection_lost(error: &sqlx::Error) -> bool {
             .code()
             .is_some_and(|code| code == "57P01" || code == "57P02" || code.starts_with("08")),
         _ => false,
+    }
+}
+
+/// Whether a connection may run the next statement after `outcome`: after an answer, or an error
+/// the server sent in answer (it is then ready for the next); not once the connection itself has
+/// failed, which a pooled connection's ping on its return used to catch.
+fn still_usable<T>(outcome: &Result<T, sqlx::Error>) -> bool {
+    match outcome {
+        Ok(_) => true,
+        Err(error @ sqlx::Error::Database(_)) => !connection_lost(error),
+        Err(_) => false,
     }
 }
 
