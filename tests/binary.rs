@@ -109,6 +109,17 @@ async fn read(address: &str, id: &str) -> String {
 }
 
 #[tokio::test]
+async fn a_service_the_test_leaves_running_is_stopped_with_it() {
+    let store = TestStore::create(Backend::Sqlite).await;
+    let service = Service::start(&store.url());
+    let process = PathBuf::from(format!("/proc/{}", service.child.id()));
+    assert!(process.exists());
+    drop(service);
+    // Killed and reaped: its process id is gone.
+    assert!(!process.exists(), "the service outlived its test");
+}
+
+#[tokio::test]
 async fn with_no_database_url_state_lives_in_a_sqlite_file_under_data() {
     let folder = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("inbox-default-{}", fastrand::u64(..)));

@@ -116,6 +116,14 @@ impl Service {
     pub fn exit_code(mut self) -> (Option<i32>, Vec<String>) {
         let status = self.child.wait().unwrap();
         self.log.extend(self.lines.try_iter());
-        (status.code(), self.log)
+        (status.code(), std::mem::take(&mut self.log))
+    }
+}
+
+/// A service the test did not stop is killed with it, not left running after the test process.
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
