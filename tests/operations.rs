@@ -76,11 +76,7 @@ async fn an_exhausted_pool_gets_503_within_the_timeout_not_a_hung_request() {
     // The one pooled connection goes to a read that waits on a lock; nothing is left for anyone
     // else. (Deliveries have a connection of their own.) The readiness probe needs no lock, only
     // a connection.
-    let mut blocker = app.postgres().1.begin().await.unwrap();
-    sqlx::query("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = app.block_reads().await;
     let stuck = app.get("/v1/predictions/p1");
     let starved = async {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -214,11 +210,7 @@ async fn a_read_stuck_on_the_database_gets_503_within_the_timeout() {
     let app = spawn_app_with(Backend::Postgres, &[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
     app.deliver(&Delivery::new(prediction("p1", "processing", "")))
         .await;
-    let mut blocker = app.postgres().1.begin().await.unwrap();
-    sqlx::query("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = app.block_reads().await;
     for prefer in [None, Some("wait=2")] {
         let mut request = app
             .client

@@ -381,6 +381,16 @@ impl TestApp {
         }
     }
 
+    /// Takes a lock that every read of `predictions` (and every write) waits on, from a session of
+    /// its own, until the transaction is rolled back. Postgres only.
+    pub async fn block_reads(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut tx = self.postgres().1.begin().await.expect("begin");
+        tx.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
+            .await
+            .expect("lock the table");
+        tx
+    }
+
     /// Each recorded delivery's `applied` and body, in the order received.
     pub async fn deliveries(&self) -> Vec<(bool, String)> {
         let order = "FROM deliveries ORDER BY received_at, webhook_id";
