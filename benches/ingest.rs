@@ -6,7 +6,8 @@
 //!     cargo bench --bench ingest -- postgres 64 20 5      # five `processing` deliveries a life
 //!     INBOX_BENCH_DATABASE_URL=postgres://… cargo bench --bench ingest   # an existing database
 //!
-//! Every delivery is signed and written out as its HTTP/1.1 request before the clock starts: each
+//! Every delivery is signed under an id like the platform's (a KSUID: time-ordered, see
+//! `sample::message_id_at`) and written out as its HTTP/1.1 request before the clock starts: each
 //! prediction's life — starting, processing, succeeded — as the platform sends it, about 870 bytes
 //! each, in order on one keep-alive connection. Each connection sends its next delivery as soon as
 //! the previous is answered. Reported: deliveries acknowledged per second, latency percentiles,
@@ -160,8 +161,8 @@ async fn main() {
 
 /// A delivery's request, signed now.
 fn request(secret: &Secret, body: &str) -> Request {
-    let id = sample::message_id();
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let id = sample::message_id_at(timestamp);
     let signature = secret.sign(&id, timestamp, body.as_bytes());
     format!(
         "POST /webhooks/replicate HTTP/1.1\r\nhost: inbox\r\ncontent-type: application/json\r\n\

@@ -157,8 +157,8 @@ fn sign(secret: &str, id: Option<String>, timestamp: Option<i64>, file: &PathBuf
             return ExitCode::FAILURE;
         }
     };
-    let id = id.unwrap_or_else(sample::message_id);
     let timestamp = timestamp.unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
+    let id = id.unwrap_or_else(|| sample::message_id_at(timestamp));
     println!("webhook-id: {id}");
     println!("webhook-timestamp: {timestamp}");
     println!("webhook-signature: {}", secret.sign(&id, timestamp, &body));

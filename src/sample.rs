@@ -1,7 +1,5 @@
 //! Deliveries for testing a receiver without the platform: what `sign` and `send-test` send.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -9,9 +7,34 @@ use time::format_description::well_known::Rfc3339;
 use crate::domain::Status;
 use crate::verify::Secret;
 
-/// A `msg_` id with 128 random bits, like the platform's.
-pub fn message_id() -> String {
-    format!("msg_{}", URL_SAFE_NO_PAD.encode(random_bytes()))
+/// A `msg_` id for a message created at `unix_seconds`, shaped like the platform's: a KSUID, 27
+/// base62 digits of 4 bytes of time (seconds since 2014-05-13) and 16 random bytes. The
+/// reference library's vector `msg_27UH4WbU6Z5A5EzD8u03UvzRbpk` decodes to its own
+/// `webhook-timestamp`. So ids are in time order, and a stream that sends random ids instead
+/// writes to the receiver's index of them in a way the platform never would.
+pub fn message_id_at(unix_seconds: i64) -> String {
+    format!("msg_{}", ksuid(unix_seconds, random_bytes()))
+}
+
+fn ksuid(unix_seconds: i64, payload: [u8; 16]) -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    const EPOCH: i64 = 1_400_000_000;
+    let since = u32::try_from((unix_seconds - EPOCH).max(0)).unwrap_or(u32::MAX);
+    let mut number = [0u8; 20];
+    number[..4].copy_from_slice(&since.to_be_bytes());
+    number[4..].copy_from_slice(&payload);
+    // The 160-bit number in base 62, by long division: 27 digits hold it, zero-padded.
+    let mut digits = [b'0'; 27];
+    for digit in digits.iter_mut().rev() {
+        let mut remainder = 0u32;
+        for byte in number.iter_mut() {
+            let accumulated = remainder * 256 + u32::from(*byte);
+            *byte = (accumulated / 62) as u8;
+            remainder = accumulated % 62;
+        }
+        *digit = ALPHABET[remainder as usize];
+    }
+    digits.iter().map(|&d| d as char).collect()
 }
 
 /// A fresh 26-character prediction id in the platform's alphabet.
@@ -100,8 +123,8 @@ pub async fn send(
     secret: &Secret,
     body: String,
 ) -> Result<Answer, reqwest::Error> {
-    let webhook_id = message_id();
     let timestamp = OffsetDateTime::now_utc().unix_timestamp();
+    let webhook_id = message_id_at(timestamp);
     let response = client
         .post(url)
         .header("content-type", "application/json")
@@ -140,6 +163,22 @@ mod tests {
             assert_eq!(parsed.status, Some(Status::parse(status)));
             assert!(parsed.created_at.is_some());
         }
-        assert_ne!(message_id(), message_id());
+        assert_ne!(message_id_at(1_700_000_000), message_id_at(1_700_000_000));
+    }
+
+    #[test]
+    fn message_ids_are_ksuids_like_the_platforms() {
+        // The reference library's vector: its id's time is its `webhook-timestamp`, 1649367553.
+        let payload = [
+            50, 125, 142, 238, 59, 221, 56, 25, 90, 84, 155, 14, 26, 110, 190, 244,
+        ];
+        assert_eq!(ksuid(1_649_367_553, payload), "27UH4WbU6Z5A5EzD8u03UvzRbpk");
+        // The extremes keep 27 digits.
+        assert_eq!(ksuid(0, [0; 16]), "0".repeat(27));
+        assert_eq!(ksuid(i64::MAX, [255; 16]), "aWgEPTl1tmebfsQzFP4bxwgy80V");
+        // Ids of a later second sort after those of an earlier one.
+        let (earlier, later) = (message_id_at(1_700_000_000), message_id_at(1_700_000_001));
+        assert!(earlier < later, "{earlier} < {later}");
+        assert_eq!(later.len(), "msg_".len() + 27);
     }
 }
