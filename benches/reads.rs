@@ -130,20 +130,26 @@ async fn seed(url: &str, rows: u64) {
         connection.execute("ANALYZE").await.unwrap();
         return;
     }
+    // Each prediction's body is that of the delivery it points at.
     let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
     let sql = format!(
-        "INSERT INTO predictions (id, status, model, version, created_at, progress_rank,
-                                  progress_logs, progress_timestamp, updated_at, body)
+        "WITH r AS (
+             SELECT i, id, status, 'msg_' || id AS webhook_id
+             FROM generate_series(1, {rows}) AS i,
+                  LATERAL (SELECT 'p' || lpad(i::text, 8, '0') AS id,
+                                  (ARRAY['succeeded', 'failed', 'canceled'])[1 + i % 3] AS status) AS r
+         ), delivered AS (
+             INSERT INTO deliveries (webhook_id, prediction_id, webhook_timestamp, received_at,
+                                     applied, body)
+             SELECT webhook_id, id, 0, now(), true, {body}::json FROM r
+         )
+         INSERT INTO predictions (id, status, model, version, created_at, progress_rank,
+                                  progress_logs, progress_timestamp, updated_at, latest_delivery)
          SELECT id, status, 'owner/model-' || (i % 50), 'v' || (i % 200),
-                timestamptz '2026-01-01' + i * interval '1 second', 2, 0, 0, now(), {body}::json
-         FROM generate_series(1, {rows}) AS i,
-              LATERAL (SELECT 'p' || lpad(i::text, 8, '0') AS id,
-                              (ARRAY['succeeded', 'failed', 'canceled'])[1 + i % 3] AS status) AS r"
+                timestamptz '2026-01-01' + i * interval '1 second', 2, 0, 0, now(), webhook_id
+         FROM r"
     );
     connection.execute(sql.as_str()).await.unwrap();
     // As autovacuum would in time: statistics, and the visibility map index-only scans need.
-    connection
-        .execute("VACUUM ANALYZE predictions")
-        .await
-        .unwrap();
+    connection.execute("VACUUM ANALYZE").await.unwrap();
 }

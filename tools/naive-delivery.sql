@@ -1,7 +1,7 @@
 -- pgbench script: one delivery per transaction, as a receiver without group commit writes it —
 -- the delivery row and the guarded upsert of its prediction in one statement (the statement this
--- service ran per delivery before group commit). Bodies are ~870 bytes, like the load tool's;
--- predictions are drawn from 100,000, so most deliveries update a row.
+-- service ran per delivery before group commit, on today's schema). Bodies are ~870 bytes, like the
+-- load tool's; predictions are drawn from 100,000, so most deliveries update a row.
 --
 -- `-D notify=1` adds the NOTIFY for waiters that the service sends with its writes. Postgres
 -- serialises the commits of notifying transactions, which halves this script's rate, so the naive
@@ -12,6 +12,7 @@
 BEGIN;
 WITH d AS (
     SELECT 'p' || :p AS id,
+           'msg_' || :w AS webhook_id,
            (ARRAY['starting', 'processing', 'succeeded'])[:rank + 1] AS status,
            extract(epoch FROM clock_timestamp())::bigint AS ts
 ), body AS (
@@ -21,9 +22,9 @@ WITH d AS (
 ), latest AS (
     INSERT INTO predictions AS p
         (id, status, model, version, created_at,
-         progress_rank, progress_logs, progress_timestamp, updated_at, body)
-    SELECT d.id, d.status, 'replicate/hello-world', '5c7d5dc6', now(), :rank, 0, d.ts, now(), body.text::json
-    FROM d, body
+         progress_rank, progress_logs, progress_timestamp, updated_at, latest_delivery)
+    SELECT d.id, d.status, 'replicate/hello-world', '5c7d5dc6', now(), :rank, 0, d.ts, now(), d.webhook_id
+    FROM d
     ON CONFLICT (id) DO UPDATE SET
         status = excluded.status,
         model = excluded.model,
@@ -32,13 +33,13 @@ WITH d AS (
         progress_logs = excluded.progress_logs,
         progress_timestamp = excluded.progress_timestamp,
         updated_at = excluded.updated_at,
-        body = excluded.body
+        latest_delivery = excluded.latest_delivery
     WHERE (p.progress_rank, p.progress_logs, p.progress_timestamp)
         < (excluded.progress_rank, excluded.progress_logs, excluded.progress_timestamp)
     RETURNING 1
 )
 INSERT INTO deliveries (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body)
-SELECT 'msg_' || :w, d.id, d.ts, now(), EXISTS (SELECT 1 FROM latest), body.text::json
+SELECT d.webhook_id, d.id, d.ts, now(), EXISTS (SELECT 1 FROM latest), body.text::json
 FROM d, body
 ON CONFLICT (webhook_id) DO NOTHING;
 \if :notify

@@ -27,6 +27,16 @@ const STATEMENT_TIMEOUT: &str = "10s";
 /// The channel on which a committed change of a prediction is announced; the payload is its id.
 const CHANGES_CHANNEL: &str = "prediction_inbox_changes";
 
+/// A prediction's columns as it is read: its body is that of the delivery it points at, which
+/// holds its latest state (see the migration `predictions_point_at_their_delivery`).
+macro_rules! columns {
+    () => {
+        "id, status, created_at, \
+         (SELECT d.body::text FROM deliveries AS d WHERE d.webhook_id = predictions.latest_delivery) \
+         AS body"
+    };
+}
+
 pub struct Postgres {
     pool: PgPool,
     /// The connection batches are written on, kept from one batch to the next and opened again
@@ -124,9 +134,11 @@ impl Storage for Postgres {
     async fn prediction(&self, id: &str) -> Result<Option<StoredPrediction>, StoreError> {
         let found = self
             .live(|| {
-                sqlx::query_as(
-                    "SELECT id, status, created_at, body::text AS body FROM predictions WHERE id = $1",
-                )
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM predictions WHERE id = $1"
+                ))
                 .bind(id)
                 .fetch_optional(&self.pool)
             })
@@ -137,7 +149,7 @@ impl Storage for Postgres {
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let rows = self
             .live(|| async {
-                keyset::select(query, "id, status, created_at, body::text AS body", |t| t)
+                keyset::select(query, columns!(), |t| t)
                     .build_query_as()
                     .fetch_all(&self.pool)
                     .await
@@ -341,8 +353,8 @@ WITH d AS (
 ), latest AS (
     INSERT INTO predictions AS p
         (id, status, model, version, created_at,
-         progress_rank, progress_logs, progress_timestamp, updated_at, body)
-    SELECT prediction_id, status, model, version, created_at, rank, logs, ts, received_at, body
+         progress_rank, progress_logs, progress_timestamp, updated_at, latest_delivery)
+    SELECT prediction_id, status, model, version, created_at, rank, logs, ts, received_at, webhook_id
     FROM d WHERE offered ORDER BY prediction_id
     ON CONFLICT (id) DO UPDATE SET
         status = excluded.status,
@@ -352,7 +364,7 @@ WITH d AS (
         progress_logs = excluded.progress_logs,
         progress_timestamp = excluded.progress_timestamp,
         updated_at = excluded.updated_at,
-        body = excluded.body
+        latest_delivery = excluded.latest_delivery
     WHERE (p.progress_rank, p.progress_logs, p.progress_timestamp)
         < (excluded.progress_rank, excluded.progress_logs, excluded.progress_timestamp)
     RETURNING id

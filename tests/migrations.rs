@@ -1,0 +1,147 @@
+//! Migrations of a database that holds data: what the service stored before reads the same after.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{TestDatabase, prediction};
+use prediction_inbox::config::DatabaseUrl;
+use prediction_inbox::store::{self, ListQuery};
+
+/// The migration after which each prediction points at its latest delivery.
+const POINTERS: i64 = 20261126000003;
+
+/// A database migrated as far as the migrations before `version`, as a service released before it
+/// would have left it.
+async fn migrated_before(version: i64) -> TestDatabase {
+    let db = TestDatabase::create().await;
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
+    let earlier = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("migrations-before-{version}-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&earlier).unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let number: i64 = name.split('_').next().unwrap().parse().unwrap();
+        if number < version {
+            std::fs::copy(&path, earlier.join(&name)).unwrap();
+        }
+    }
+    let pool = db.pool().await;
+    sqlx::migrate::Migrator::new(earlier.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    std::fs::remove_dir_all(&earlier).unwrap();
+    db
+}
+
+/// Records `webhook_id` of prediction `id` as the service did before `POINTERS`, and, if it was
+/// applied, makes `body` the prediction's stored state.
+async fn record_before_pointers(
+    db: &TestDatabase,
+    webhook_id: &str,
+    id: &str,
+    applied: bool,
+    body: &str,
+) {
+    let pool = db.pool().await;
+    sqlx::query(
+        "INSERT INTO deliveries (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body)
+         VALUES ($1, $2, 0, clock_timestamp(), $3, $4::json)",
+    )
+    .bind(webhook_id)
+    .bind(id)
+    .bind(applied)
+    .bind(body)
+    .execute(&pool)
+    .await
+    .unwrap();
+    if applied {
+        sqlx::query(
+            "INSERT INTO predictions (id, status, created_at, progress_rank, progress_logs,
+                                      progress_timestamp, body)
+             VALUES ($1, $2::json->>'status', now(), 0, 0, 0, $2::json)
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, body = excluded.body",
+        )
+        .bind(id)
+        .bind(body)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn predictions_stored_with_their_bodies_read_the_same_once_they_point_at_deliveries() {
+    let db = migrated_before(POINTERS).await;
+    let p1_starting = prediction("p1", "starting", "");
+    let p1_succeeded = prediction("p1", "succeeded", "done\n");
+    // Spacing and key order are kept as received: the migration must find this exact text.
+    let p2 = r#"{ "status":"processing",  "id":"p2", "logs":"1.0e3" }"#;
+    record_before_pointers(&db, "msg_1", "p1", true, &p1_starting).await;
+    record_before_pointers(&db, "msg_2", "p1", true, &p1_succeeded).await;
+    // A late `processing`, recorded but not applied: it must not become p1's state.
+    let late = prediction("p1", "processing", "");
+    record_before_pointers(&db, "msg_3", "p1", false, &late).await;
+    record_before_pointers(&db, "msg_4", "p2", true, p2).await;
+
+    let store = store::open(&DatabaseUrl::Postgres(db.url.clone()), 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+
+    let read = |id: &'static str| {
+        let store = store.clone();
+        async move { store.prediction(id).await.unwrap().unwrap().body }
+    };
+    assert_eq!(read("p1").await, p1_succeeded);
+    assert_eq!(read("p2").await, p2);
+    let page = store
+        .list(&ListQuery {
+            limit: 10,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap();
+    let mut bodies: Vec<String> = page.items.into_iter().map(|p| p.body).collect();
+    bodies.sort();
+    let mut expected = vec![p1_succeeded.clone(), p2.to_owned()];
+    expected.sort();
+    assert_eq!(bodies, expected);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_prediction_whose_body_is_in_none_of_its_deliveries_stops_the_migration_and_keeps_it() {
+    let db = migrated_before(POINTERS).await;
+    let delivered = prediction("p1", "starting", "");
+    record_before_pointers(&db, "msg_1", "p1", true, &delivered).await;
+    // A state no delivery holds (written by hand, say): its body would be lost with the column.
+    let pool = db.pool().await;
+    sqlx::query("UPDATE predictions SET body = '{\"id\":\"p1\",\"status\":\"edited\"}'")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let store = store::open(&DatabaseUrl::Postgres(db.url.clone()), 2)
+        .await
+        .unwrap();
+    assert!(store.migrate().await.is_err());
+    store.close().await;
+
+    let kept: String = sqlx::query_scalar("SELECT body::text FROM predictions WHERE id = 'p1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, r#"{"id":"p1","status":"edited"}"#);
+    let applied: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(applied < POINTERS);
+}
