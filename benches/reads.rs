@@ -152,4 +152,6 @@ async fn seed(url: &str, rows: u64) {
     connection.execute(sql.as_str()).await.unwrap();
     // As autovacuum would in time: statistics, and the visibility map index-only scans need.
     connection.execute("VACUUM ANALYZE").await.unwrap();
+    // The seed's dirty pages written out now, not by a checkpoint while the reads are timed.
+    connection.execute("CHECKPOINT").await.unwrap();
 }
