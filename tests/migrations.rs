@@ -145,3 +145,31 @@ async fn a_prediction_whose_body_is_in_none_of_its_deliveries_stops_the_migratio
         .unwrap();
     assert!(applied < POINTERS);
 }
+
+/// A migration runs without the 10 s statement timeout of the service's other statements. On a
+/// million predictions the one above takes about 30 s; here it waits 11 s for a lock instead.
+#[tokio::test]
+async fn a_migration_may_take_longer_than_the_statement_timeout() {
+    let db = migrated_before(POINTERS).await;
+    record_before_pointers(&db, "msg_1", "p1", true, &prediction("p1", "starting", "")).await;
+    let pool = db.pool().await;
+    let mut reader = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE predictions IN ACCESS SHARE MODE")
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+
+    let store = store::open(&DatabaseUrl::Postgres(db.url.clone()), 2)
+        .await
+        .unwrap();
+    let migrating = tokio::spawn({
+        let store = store.clone();
+        async move { store.migrate().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    assert!(!migrating.is_finished(), "the migration gave up waiting");
+    reader.commit().await.unwrap();
+    migrating.await.unwrap().unwrap();
+    assert!(store.prediction("p1").await.unwrap().is_some());
+    store.close().await;
+}

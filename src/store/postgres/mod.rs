@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection, Executor};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -81,11 +81,26 @@ impl Storage for Postgres {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        // sqlx takes an advisory lock, so replicas starting together migrate once.
-        sqlx::migrate!("./migrations/postgres")
-            .run(&self.pool)
+        // On a connection of its own, without the pool's statement timeout. A migration may
+        // rewrite a whole table (30 s for a million predictions), or wait for the locks of
+        // requests still running on other replicas; stopped at the timeout, it would be undone,
+        // and fail again at every start.
+        let dedicated = PgPoolOptions::new()
+            .max_connections(1)
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    connection.execute("SET statement_timeout = 0").await?;
+                    Ok(())
+                })
+            })
+            .connect_with(self.pool.connect_options().as_ref().clone())
             .await?;
-        Ok(())
+        // sqlx takes an advisory lock, so replicas starting together migrate once.
+        let migrated = sqlx::migrate!("./migrations/postgres")
+            .run(&dedicated)
+            .await;
+        dedicated.close().await;
+        Ok(migrated?)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
