@@ -173,3 +173,22 @@ async fn a_migration_may_take_longer_than_the_statement_timeout() {
     assert!(store.prediction("p1").await.unwrap().is_some());
     store.close().await;
 }
+
+/// `predictions` keeps 30 % of each page free, so that an update keeping a prediction's status is
+/// heap-only (migration `predictions_fillfactor`; docs/benchmarks.md measured +6–7 %).
+#[tokio::test]
+async fn predictions_pages_keep_room_for_the_next_versions_of_their_rows() {
+    let db = TestDatabase::create().await;
+    let store = store::open(&DatabaseUrl::Postgres(db.url.clone()), 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store.close().await;
+    let options: Vec<String> = sqlx::query_scalar(
+        "SELECT unnest(reloptions) FROM pg_class WHERE oid = 'predictions'::regclass",
+    )
+    .fetch_all(&db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(options, ["fillfactor=70"]);
+}
