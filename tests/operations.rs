@@ -85,6 +85,7 @@ async fn an_exhausted_pool_gets_503_within_the_timeout_not_a_hung_request() {
         (started.elapsed(), response)
     };
     let (stuck, (waited, starved)) = tokio::join!(stuck, starved);
+    assert!(stuck.headers().contains_key("retry-after"));
     assert_problem(stuck, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_problem(starved, StatusCode::SERVICE_UNAVAILABLE).await;
     assert!(waited < std::time::Duration::from_secs(3), "{waited:?}");
