@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use common::{TestDatabase, prediction};
 use prediction_inbox::config::DatabaseUrl;
 use prediction_inbox::store::{self, ListQuery};
+use sqlx::PgPool;
 
 /// The migration after which each prediction points at its latest delivery.
 const POINTERS: i64 = 20261126000003;
@@ -42,13 +43,12 @@ async fn migrated_before(version: i64) -> TestDatabase {
 /// Records `webhook_id` of prediction `id` as the service did before `POINTERS`, and, if it was
 /// applied, makes `body` the prediction's stored state.
 async fn record_before_pointers(
-    db: &TestDatabase,
+    pool: &PgPool,
     webhook_id: &str,
     id: &str,
     applied: bool,
     body: &str,
 ) {
-    let pool = db.pool().await;
     sqlx::query(
         "INSERT INTO deliveries (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body)
          VALUES ($1, $2, 0, clock_timestamp(), $3, $4::json)",
@@ -57,7 +57,7 @@ async fn record_before_pointers(
     .bind(id)
     .bind(applied)
     .bind(body)
-    .execute(&pool)
+    .execute(pool)
     .await
     .unwrap();
     if applied {
@@ -69,26 +69,26 @@ async fn record_before_pointers(
         )
         .bind(id)
         .bind(body)
-        .execute(&pool)
+        .execute(pool)
         .await
         .unwrap();
     }
-    pool.close().await;
 }
 
 #[tokio::test]
 async fn predictions_stored_with_their_bodies_read_the_same_once_they_point_at_deliveries() {
     let db = migrated_before(POINTERS).await;
+    let pool = db.pool().await;
     let p1_starting = prediction("p1", "starting", "");
     let p1_succeeded = prediction("p1", "succeeded", "done\n");
     // Spacing and key order are kept as received: the migration must find this exact text.
     let p2 = r#"{ "status":"processing",  "id":"p2", "logs":"1.0e3" }"#;
-    record_before_pointers(&db, "msg_1", "p1", true, &p1_starting).await;
-    record_before_pointers(&db, "msg_2", "p1", true, &p1_succeeded).await;
+    record_before_pointers(&pool, "msg_1", "p1", true, &p1_starting).await;
+    record_before_pointers(&pool, "msg_2", "p1", true, &p1_succeeded).await;
     // A late `processing`, recorded but not applied: it must not become p1's state.
     let late = prediction("p1", "processing", "");
-    record_before_pointers(&db, "msg_3", "p1", false, &late).await;
-    record_before_pointers(&db, "msg_4", "p2", true, p2).await;
+    record_before_pointers(&pool, "msg_3", "p1", false, &late).await;
+    record_before_pointers(&pool, "msg_4", "p2", true, p2).await;
 
     let store = store::open(&DatabaseUrl::Postgres(db.url.clone()), 2)
         .await
@@ -119,10 +119,10 @@ async fn predictions_stored_with_their_bodies_read_the_same_once_they_point_at_d
 #[tokio::test]
 async fn a_prediction_whose_body_is_in_none_of_its_deliveries_stops_the_migration_and_keeps_it() {
     let db = migrated_before(POINTERS).await;
-    let delivered = prediction("p1", "starting", "");
-    record_before_pointers(&db, "msg_1", "p1", true, &delivered).await;
-    // A state no delivery holds (written by hand, say): its body would be lost with the column.
     let pool = db.pool().await;
+    let delivered = prediction("p1", "starting", "");
+    record_before_pointers(&pool, "msg_1", "p1", true, &delivered).await;
+    // A state no delivery holds (written by hand, say): its body would be lost with the column.
     sqlx::query("UPDATE predictions SET body = '{\"id\":\"p1\",\"status\":\"edited\"}'")
         .execute(&pool)
         .await
@@ -151,8 +151,15 @@ async fn a_prediction_whose_body_is_in_none_of_its_deliveries_stops_the_migratio
 #[tokio::test]
 async fn a_migration_may_take_longer_than_the_statement_timeout() {
     let db = migrated_before(POINTERS).await;
-    record_before_pointers(&db, "msg_1", "p1", true, &prediction("p1", "starting", "")).await;
     let pool = db.pool().await;
+    record_before_pointers(
+        &pool,
+        "msg_1",
+        "p1",
+        true,
+        &prediction("p1", "starting", ""),
+    )
+    .await;
     let mut reader = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE predictions IN ACCESS SHARE MODE")
         .execute(&mut *reader)
