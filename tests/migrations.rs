@@ -4,7 +4,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{TestDatabase, prediction};
+use common::{Backend, Delivery, TestDatabase, now, prediction, spawn_app};
 use prediction_inbox::config::DatabaseUrl;
 use prediction_inbox::store::{self, ListQuery};
 use sqlx::PgPool;
@@ -198,4 +198,42 @@ async fn predictions_pages_keep_room_for_the_next_versions_of_their_rows() {
     .await
     .unwrap();
     assert_eq!(options, ["fillfactor=70"]);
+}
+
+/// A prediction's status changes at almost every step of its life, and the way from `starting` to
+/// `processing`, and on through more `processing`, must still be heap-only: no index of
+/// `predictions` may change with it, or every update writes to all of them (migration
+/// `index_statuses_once_settled`; docs/benchmarks.md measured 13 % of ingest, with the index it
+/// dropped from `deliveries`).
+#[tokio::test]
+async fn a_prediction_in_flight_is_updated_without_new_index_entries() {
+    let app = spawn_app(Backend::Postgres).await;
+    let t = now();
+    for (step, status) in [(0, "starting"), (1, "processing"), (2, "processing")] {
+        let body = prediction("p1", status, &"x".repeat(step));
+        app.deliver(&Delivery::at(t + step as i64, body)).await;
+    }
+    // A backend reports its counts when it ends (when idle, only every 10 s).
+    let (_, pool) = app.postgres();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'prediction-inbox'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let mut updates = (0, 0);
+    for _ in 0..100 {
+        updates = sqlx::query_as(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'predictions'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if updates.0 == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(updates, (2_i64, 2_i64), "(updates, of them heap-only)");
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Backend, Delivery, TOKEN, TestApp, assert_problem, prediction, spawn_app};
+use common::{Backend, Delivery, TOKEN, TestApp, assert_problem, now, prediction, spawn_app};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -191,6 +191,53 @@ async fn filters_narrow_the_list_and_survive_in_the_cursor(backend: Backend) {
     assert!(all("status=starting").await.is_empty());
 }
 
+/// The status filter finds each prediction by the status it has now, however it got there: an
+/// update that takes it from one status to another, in flight or terminal, moves it from one
+/// filter to the other.
+async fn the_status_filter_follows_each_prediction_through_its_life(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let t = now();
+    // Each prediction's deliveries, in order; p6 goes terminal and then, by a later terminal
+    // delivery, terminal with another status.
+    let lives: [(&str, &[&str]); 7] = [
+        ("p1", &["starting"]),
+        ("p2", &["starting", "processing"]),
+        ("p3", &["starting", "processing", "succeeded"]),
+        ("p4", &["starting", "queued"]),
+        ("p5", &["processing", "failed"]),
+        ("p6", &["starting", "failed", "canceled"]),
+        ("p7", &["aborted"]),
+    ];
+    for (id, statuses) in lives {
+        for (step, status) in (0..).zip(statuses) {
+            let body = prediction(id, status, &"log\n".repeat(step as usize));
+            app.deliver(&Delivery::at(t + step, body)).await;
+        }
+    }
+    let with_status = async |status: &str| -> Vec<String> {
+        let pages = walk(
+            &app,
+            format!("{}/v1/predictions?status={status}&limit=1", app.address),
+        )
+        .await;
+        let mut found: Vec<String> = pages.iter().flat_map(ids).collect();
+        found.sort();
+        found
+    };
+    for (status, expected) in [
+        ("starting", &["p1"][..]),
+        ("processing", &["p2"]),
+        ("queued", &["p4"]),
+        ("succeeded", &["p3"]),
+        ("failed", &["p5"]),
+        ("canceled", &["p6"]),
+        ("aborted", &["p7"]),
+        ("nope", &[]),
+    ] {
+        assert_eq!(with_status(status).await, expected, "status={status}");
+    }
+}
+
 async fn bad_list_parameters_are_400_problems(backend: Backend) {
     let app = spawn_app(backend).await;
     for query in [
@@ -294,6 +341,7 @@ crate::on_each_backend!(
     the_list_is_newest_first_with_replicates_shape,
     pagination_returns_every_prediction_exactly_once_both_ways,
     filters_narrow_the_list_and_survive_in_the_cursor,
+    the_status_filter_follows_each_prediction_through_its_life,
     bad_list_parameters_are_400_problems,
     next_links_honour_the_forwarded_origin,
 );

@@ -6,12 +6,24 @@ use sqlx::{Database, Encode, QueryBuilder, Type};
 use time::OffsetDateTime;
 
 use super::{Direction, ListQuery, Page, StoredPrediction};
+use crate::domain::Status;
+
+/// Which index serves the list's `status` filter.
+#[derive(Clone, Copy)]
+pub(super) enum StatusIndex {
+    /// `(status, created_at, id)`.
+    Status,
+    /// `(settled, created_at, id)`, where `settled` is the status once terminal and '' before
+    /// (Postgres: see its migration `index_statuses_once_settled`).
+    Settled,
+}
 
 /// `SELECT {columns} FROM predictions …` for `query`; `time` turns a timestamp into the backend's
 /// stored form of `created_at`.
 pub(super) fn select<'a, DB, T>(
     query: &'a ListQuery,
     columns: &str,
+    status_index: StatusIndex,
     time: impl Fn(OffsetDateTime) -> T,
 ) -> QueryBuilder<'a, DB>
 where
@@ -22,6 +34,14 @@ where
     T: Encode<'a, DB> + Type<DB> + 'a,
 {
     let mut sql = QueryBuilder::new(format!("SELECT {columns} FROM predictions WHERE true"));
+    if let (Some(status), StatusIndex::Settled) = (&query.status, status_index) {
+        let settled = if Status::parse(status).is_terminal() {
+            status.as_str()
+        } else {
+            ""
+        };
+        sql.push(" AND settled = ").push_bind(settled);
+    }
     for (column, value) in [
         ("status", &query.status),
         ("model", &query.model),

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::store::{
     self, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage, StoreError, StoredPrediction,
-    keyset,
+    keyset::{self, StatusIndex},
 };
 
 /// How long a request waits for a connection before the database counts as unavailable.
@@ -143,10 +143,15 @@ impl Storage for Sqlite {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        let rows: Vec<Row> = keyset::select(query, "id, status, created_at, body", micros)
-            .build_query_as()
-            .fetch_all(&self.readers)
-            .await?;
+        let rows: Vec<Row> = keyset::select(
+            query,
+            "id, status, created_at, body",
+            StatusIndex::Status,
+            micros,
+        )
+        .build_query_as()
+        .fetch_all(&self.readers)
+        .await?;
         let rows = rows
             .into_iter()
             .map(Row::into_stored)

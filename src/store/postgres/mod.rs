@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::store::{
     self, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage, StoreError, StoredPrediction,
-    keyset,
+    keyset::{self, StatusIndex},
 };
 use plan::Plan;
 
@@ -164,7 +164,7 @@ impl Storage for Postgres {
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let rows = self
             .live(|| async {
-                keyset::select(query, columns!(), |t| t)
+                keyset::select(query, columns!(), StatusIndex::Settled, |t| t)
                     .build_query_as()
                     .fetch_all(&self.pool)
                     .await
