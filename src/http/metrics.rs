@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,8 @@ const COUNT_EVERY: Duration = Duration::from_secs(15);
 const COUNT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// When predictions were last counted, shared by the scrapes of one process.
-#[derive(Clone, Default)]
-pub struct LastCount(Arc<Mutex<Option<Instant>>>);
+#[derive(Default)]
+pub struct LastCount(Mutex<Option<Instant>>);
 
 impl LastCount {
     /// Claims the next count if the last is older than `COUNT_EVERY`, so concurrent scrapes
