@@ -9,6 +9,7 @@ use axum::{Extension, Json};
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::time::Instant;
+use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -23,21 +24,26 @@ use crate::verify::Rejection;
 
 pub fn router(limits: &Limits) -> OpenApiRouter<AppState> {
     let request_timeout = limits.request_timeout;
-    OpenApiRouter::new()
-        .routes(routes!(receive))
-        .layer(timeout(limits.request_timeout))
-        // As the timeout starts, so that the writer knows when the handler will have given up.
+    // One layer of the router, outermost first. Each `Router::layer` boxes the route anew, and
+    // every request then clones and boxes each level again.
+    let route_stack = ServiceBuilder::new()
+        // Outside the limit, which answers 413 before the handler ever runs.
+        .layer(map_response(count_too_large))
+        // Just before the timeout starts, so that the writer knows when the handler will have
+        // given up. (Outside the limit, whose request body it could not take.)
         .layer(map_request(move |mut request: Request| async move {
             let deadline = Deadline(Instant::now() + request_timeout);
             request.extensions_mut().insert(deadline);
             request
         }))
-        // tower-http's limit answers 413 from Content-Length before reading anything, and cuts off
-        // a chunked body at the limit; axum's own smaller default must not apply on top.
-        .layer(DefaultBodyLimit::disable())
+        // tower-http's limit answers 413 from Content-Length before reading anything, and cuts
+        // off a chunked body at the limit; axum's own smaller default must not apply on top.
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
-        // Outside the limit, which answers 413 before the handler ever runs.
-        .layer(map_response(count_too_large))
+        .layer(DefaultBodyLimit::disable())
+        .layer(timeout(limits.request_timeout));
+    OpenApiRouter::new()
+        .routes(routes!(receive))
+        .layer(route_stack)
 }
 
 /// When the route's timeout answers 503: a delivery not committed by then must not be.
