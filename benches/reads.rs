@@ -141,7 +141,7 @@ async fn seed(url: &str, rows: u64) {
          ), delivered AS (
              INSERT INTO deliveries (webhook_id, prediction_id, webhook_timestamp, received_at,
                                      applied, body)
-             SELECT webhook_id, id, 0, now(), true, {body}::json FROM r
+             SELECT webhook_id, id, 0, now(), true, {body} FROM r
          )
          INSERT INTO predictions (id, status, model, version, created_at, progress_rank,
                                   progress_logs, progress_timestamp, updated_at, latest_delivery)

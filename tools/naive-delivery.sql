@@ -39,7 +39,7 @@ WITH d AS (
     RETURNING 1
 )
 INSERT INTO deliveries (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body)
-SELECT d.webhook_id, d.id, d.ts, now(), EXISTS (SELECT 1 FROM latest), body.text::json
+SELECT d.webhook_id, d.id, d.ts, now(), EXISTS (SELECT 1 FROM latest), body.text
 FROM d, body
 ON CONFLICT (webhook_id) DO NOTHING;
 \if :notify

@@ -88,8 +88,8 @@ pub struct Prediction {
 }
 
 /// Deepest nesting of arrays and objects accepted: serde_json's own limit (it refuses the 128th
-/// level). Skipped values are not depth-checked by serde_json, and Postgres rejects very deep
-/// documents with an error that would otherwise read as an outage.
+/// level). Skipped values are not depth-checked by serde_json, and the JSON functions of Postgres
+/// refuse very deep documents (bodies are stored as text, but an operator may query them as JSON).
 pub const MAX_DEPTH: usize = 127;
 
 #[derive(Debug, thiserror::Error)]

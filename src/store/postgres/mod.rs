@@ -32,7 +32,7 @@ const CHANGES_CHANNEL: &str = "prediction_inbox_changes";
 macro_rules! columns {
     () => {
         "id, status, created_at, \
-         (SELECT d.body::text FROM deliveries AS d WHERE d.webhook_id = predictions.latest_delivery) \
+         (SELECT d.body FROM deliveries AS d WHERE d.webhook_id = predictions.latest_delivery) \
          AS body"
     };
 }
@@ -340,7 +340,7 @@ const MAX_ATTEMPTS: usize = 3;
 /// Which of the batch's `webhook-id`s are recorded.
 const SEEN: &str = "SELECT webhook_id FROM deliveries WHERE webhook_id = ANY($1)";
 
-/// A batch's new deliveries, in one statement; each body is cast to `json` once.
+/// A batch's new deliveries, in one statement.
 ///
 /// It runs in this order, which every batch follows, so that overlapping batches take their locks
 /// in one order and cannot deadlock:
@@ -358,7 +358,7 @@ const SEEN: &str = "SELECT webhook_id FROM deliveries WHERE webhook_id = ANY($1)
 /// commits, so a woken waiter always finds the new state.
 const RECORD: &str = r#"
 WITH d AS (
-    SELECT webhook_id, prediction_id, webhook_timestamp, received_at, body::json AS body,
+    SELECT webhook_id, prediction_id, webhook_timestamp, received_at, body,
            offered, status, model, version, created_at, rank, logs, ts
     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::timestamptz[], $5::text[],
                 $6::bool[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
