@@ -34,6 +34,8 @@ where
     T: Encode<'a, DB> + Type<DB> + 'a,
 {
     let mut sql = QueryBuilder::new(format!("SELECT {columns} FROM predictions WHERE true"));
+    // The index's range: the status itself once terminal, else every prediction in flight, which
+    // the filter on `status` below narrows to the one asked for.
     if let (Some(status), StatusIndex::Settled) = (&query.status, status_index) {
         let settled = if Status::parse(status).is_terminal() {
             status.as_str()
