@@ -151,6 +151,15 @@ pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
         duration: Histogram,
         answered: Vec<(&'static str, u16, Counter)>,
     }
+
+    impl RouteHandles {
+        fn answered(&self, method: &str, status: u16) -> Option<&Counter> {
+            self.answered
+                .iter()
+                .find(|(m, s, _)| *m == method && *s == status)
+                .map(|(_, _, counter)| counter)
+        }
+    }
     static BY_ROUTE: LazyLock<RwLock<HashMap<String, RouteHandles>>> =
         LazyLock::new(Default::default);
 
@@ -165,12 +174,7 @@ pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
         _ => "other",
     };
     let record = |handles: &RouteHandles| {
-        let counter = handles
-            .answered
-            .iter()
-            .find(|(m, s, _)| *m == method && *s == status)
-            .map(|(_, _, counter)| counter)?;
-        counter.increment(1);
+        handles.answered(method, status)?.increment(1);
         handles.duration.record(elapsed.as_secs_f64());
         Some(())
     };
@@ -187,11 +191,7 @@ pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
             duration: registered(|| histogram!(HTTP_DURATION, "route" => route.to_owned())),
             answered: Vec::new(),
         });
-    if !handles
-        .answered
-        .iter()
-        .any(|(m, s, _)| *m == method && *s == status)
-    {
+    if handles.answered(method, status).is_none() {
         let counter = registered(
             || counter!(HTTP_REQUESTS, "route" => route.to_owned(), "method" => method, "status" => status.to_string()),
         );

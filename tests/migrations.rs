@@ -214,14 +214,12 @@ async fn a_prediction_in_flight_is_updated_without_new_index_entries() {
         app.deliver(&Delivery::at(t + step as i64, body)).await;
     }
     // A backend reports its counts when it ends (when idle, only every 10 s).
-    let (_, pool) = app.postgres();
-    sqlx::query(
+    let (db, pool) = app.postgres();
+    db.admin(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND application_name = 'prediction-inbox'",
+         WHERE datname = '{db}' AND application_name = 'prediction-inbox'",
     )
-    .execute(pool)
-    .await
-    .unwrap();
+    .await;
     let mut updates = (0, 0);
     for _ in 0..100 {
         updates = sqlx::query_as(
