@@ -71,17 +71,21 @@ async fn main() {
         * life;
     let secret: Secret = SECRET.parse().unwrap();
     let mut bodies = 0;
-    let streams: Vec<Vec<Request>> = (0..connections)
-        .map(|_| {
-            (0..per_connection / life)
-                .flat_map(|_| lifetime(&sample::prediction_id(), processing))
-                .map(|body| {
-                    bodies += body.len();
-                    request(&secret, &body)
-                })
-                .collect()
-        })
+    // Signed in the order they will be sent, a life for each connection in turn: the platform
+    // stamps `webhook-id`s and `created_at` as time goes on, so the receiver's indexes of them
+    // grow at one end. Signing one connection's whole stream before the next would spread the
+    // run's writes over as many places in those indexes as there are connections.
+    let mut streams: Vec<Vec<Request>> = (0..connections)
+        .map(|_| Vec::with_capacity(per_connection))
         .collect();
+    for _ in 0..per_connection / life {
+        for stream in &mut streams {
+            for body in lifetime(&sample::prediction_id(), processing) {
+                bodies += body.len();
+                stream.push(request(&secret, &body));
+            }
+        }
+    }
     let size = bodies / (connections * per_connection);
     println!(
         "{backend}: {connections} connections for {seconds} s, {life} deliveries a prediction; {} deliveries signed, {size} bytes each on average",
