@@ -88,6 +88,7 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) {
         tracing::info!(addr = %self.local_addr(), "serving");
         let listening = tokio::spawn(changes::listen(self.store.clone(), self.changes.clone()));
+        let metrics_upkeep = tokio::spawn(crate::metrics::keep_up());
         let changes = self.changes.clone();
         let shutdown = async move {
             shutdown.await;
@@ -95,6 +96,7 @@ impl Application {
         };
         http::serve(self.listener, self.router, self.header_timeout, shutdown).await;
         listening.abort();
+        metrics_upkeep.abort();
         self.store.close().await;
         tracing::info!("stopped");
     }
