@@ -3,9 +3,11 @@
 //! transaction sends on commit, and fans each out in-process to the waiters of that prediction.
 //!
 //! A waiter registers *before* it reads the state, so a change committed between its read and its
-//! wait still wakes it. A wake-up carries no state: the waiter re-reads it, so a wake-up may be
-//! spurious but never stale. When the listening connection drops, every waiter is woken once it is
-//! listening again, which covers whatever was committed during the gap.
+//! wait still wakes it. A notification carries whether the change made the prediction terminal,
+//! so a `Prefer: wait` sleeps through every `processing` change and an event stream wakes for each.
+//! A wake-up carries no state: the waiter re-reads it, so a wake-up may be spurious but never
+//! stale, and a parked waiter holds no body. When the listening connection drops, every waiter is
+//! woken once it is listening again, which covers whatever was committed during the gap.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::store::Store;
+use crate::store::{Change, Store};
 
 /// The registry of waiters of this process. Cheap to clone.
 #[derive(Clone)]
@@ -22,31 +24,80 @@ pub struct Changes {
     inner: Arc<Inner>,
 }
 
+/// What a waiter wants to be woken for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    /// Every committed change of its prediction (an event stream).
+    Every,
+    /// Only the change that makes it terminal (`Prefer: wait`).
+    Terminal,
+}
+
+/// Who is waiting: the index of the caller's token, for the per-token cap.
+pub type Caller = usize;
+
 struct Inner {
-    /// Per prediction id: a generation counter bumped on every wake-up, and how many wait on it.
-    waiting: Mutex<HashMap<String, (watch::Sender<u64>, usize)>>,
+    /// Per prediction id: a generation counter for every change and one for terminal changes, each
+    /// bumped on a wake-up, and how many wait on them.
+    waiting: Mutex<HashMap<String, Waiting>>,
     count: AtomicUsize,
     max: usize,
+    /// Waiters per caller, and the most one caller may park.
+    by_caller: Mutex<HashMap<Caller, usize>>,
+    max_per_caller: Option<usize>,
     closed: AtomicBool,
 }
 
+struct Waiting {
+    every: watch::Sender<u64>,
+    terminal: watch::Sender<u64>,
+    waiters: usize,
+}
+
+/// Why a waiter could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The process has as many waiters as it takes.
+    Full,
+    /// This caller has as many as one caller may park.
+    CallerFull,
+    /// The process is shutting down.
+    Closed,
+}
+
 impl Changes {
-    /// `max` bounds the waiters parked at once across all predictions.
-    pub fn new(max: usize) -> Self {
+    /// `max` bounds the waiters parked at once across all predictions, and `max_per_caller` those
+    /// of any one caller.
+    pub fn new(max: usize, max_per_caller: Option<usize>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 waiting: Mutex::new(HashMap::new()),
                 count: AtomicUsize::new(0),
                 max,
+                by_caller: Mutex::new(HashMap::new()),
+                max_per_caller,
                 closed: AtomicBool::new(false),
             }),
         }
     }
 
-    /// Registers a waiter on `id`; `None` when the cap is reached or the process is shutting down.
-    pub fn register(&self, id: &str) -> Option<Registration> {
+    /// Registers a waiter of `caller` on `id`.
+    pub fn register(
+        &self,
+        id: &str,
+        interest: Interest,
+        caller: Caller,
+    ) -> Result<Registration, Refused> {
         if self.inner.closed.load(Ordering::Acquire) {
-            return None;
+            return Err(Refused::Closed);
+        }
+        if let Some(most) = self.inner.max_per_caller {
+            let mut by_caller = lock(&self.inner.by_caller);
+            let parked = by_caller.entry(caller).or_default();
+            if *parked >= most {
+                return Err(Refused::CallerFull);
+            }
+            *parked += 1;
         }
         let reserved = self
             .inner
@@ -55,19 +106,38 @@ impl Changes {
                 (n < self.inner.max).then_some(n + 1)
             });
         if reserved.is_err() {
-            return None;
+            self.release_caller(caller);
+            return Err(Refused::Full);
         }
         let mut waiting = self.lock();
-        let (sender, waiters) = waiting
-            .entry(id.to_owned())
-            .or_insert_with(|| (watch::channel(0).0, 0));
-        *waiters += 1;
-        let receiver = sender.subscribe();
-        Some(Registration {
+        let entry = waiting.entry(id.to_owned()).or_insert_with(|| Waiting {
+            every: watch::channel(0).0,
+            terminal: watch::channel(0).0,
+            waiters: 0,
+        });
+        entry.waiters += 1;
+        let receiver = match interest {
+            Interest::Every => entry.every.subscribe(),
+            Interest::Terminal => entry.terminal.subscribe(),
+        };
+        Ok(Registration {
             changes: self.clone(),
             id: id.to_owned(),
+            caller,
             receiver,
         })
+    }
+
+    fn release_caller(&self, caller: Caller) {
+        if self.inner.max_per_caller.is_some() {
+            let mut by_caller = lock(&self.inner.by_caller);
+            if let Some(parked) = by_caller.get_mut(&caller) {
+                *parked -= 1;
+                if *parked == 0 {
+                    by_caller.remove(&caller);
+                }
+            }
+        }
     }
 
     /// Waiters parked now.
@@ -75,17 +145,21 @@ impl Changes {
         self.inner.count.load(Ordering::Acquire)
     }
 
-    /// Wakes the waiters of one prediction.
-    pub fn wake(&self, id: &str) {
-        if let Some((sender, _)) = self.lock().get(id) {
-            sender.send_modify(|generation| *generation += 1);
+    /// Wakes the waiters interested in this change of a prediction.
+    pub fn wake(&self, change: &Change) {
+        if let Some(waiting) = self.lock().get(&change.id) {
+            waiting.every.send_modify(|generation| *generation += 1);
+            if change.terminal {
+                waiting.terminal.send_modify(|generation| *generation += 1);
+            }
         }
     }
 
     /// Wakes every waiter, to re-read what a gap in listening may have hidden.
     pub fn wake_all(&self) {
-        for (sender, _) in self.lock().values() {
-            sender.send_modify(|generation| *generation += 1);
+        for waiting in self.lock().values() {
+            waiting.every.send_modify(|generation| *generation += 1);
+            waiting.terminal.send_modify(|generation| *generation += 1);
         }
     }
 
@@ -96,13 +170,16 @@ impl Changes {
         self.wake_all();
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, (watch::Sender<u64>, usize)>> {
-        // The map stays consistent even if a holder panicked: each update is a single step.
-        self.inner
-            .waiting
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Waiting>> {
+        lock(&self.inner.waiting)
     }
+}
+
+/// The maps stay consistent even if a holder panicked: each update is a single step.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One waiter's interest in one prediction; dropping it (the client went away, the wait ended)
@@ -110,6 +187,7 @@ impl Changes {
 pub struct Registration {
     changes: Changes,
     id: String,
+    caller: Caller,
     receiver: watch::Receiver<u64>,
 }
 
@@ -125,13 +203,15 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut waiting = self.changes.lock();
-        if let Some((_, waiters)) = waiting.get_mut(&self.id) {
-            *waiters -= 1;
-            if *waiters == 0 {
+        if let Some(entry) = waiting.get_mut(&self.id) {
+            entry.waiters -= 1;
+            if entry.waiters == 0 {
                 waiting.remove(&self.id);
             }
         }
+        drop(waiting);
         self.changes.inner.count.fetch_sub(1, Ordering::AcqRel);
+        self.changes.release_caller(self.caller);
     }
 }
 
@@ -147,7 +227,7 @@ pub async fn listen(store: Store, changes: Changes) {
                 changes.wake_all();
                 loop {
                     match listener.next().await {
-                        Ok(Some(id)) => changes.wake(&id),
+                        Ok(Some(change)) => changes.wake(&change),
                         Ok(None) => {
                             tracing::warn!(
                                 "the listening connection was replaced; waking every waiter"
@@ -172,22 +252,42 @@ pub async fn listen(store: Store, changes: Changes) {
 mod tests {
     use super::*;
 
+    fn change(id: &str, terminal: bool) -> Change {
+        Change {
+            id: id.into(),
+            terminal,
+        }
+    }
+
     #[tokio::test]
     async fn wakes_only_the_waiters_of_that_prediction() {
-        let changes = Changes::new(10);
-        let mut a = changes.register("a").unwrap();
-        let mut b = changes.register("b").unwrap();
-        changes.wake("a");
+        let changes = Changes::new(10, None);
+        let mut a = changes.register("a", Interest::Every, 0).unwrap();
+        let mut b = changes.register("b", Interest::Every, 0).unwrap();
+        changes.wake(&change("a", false));
         assert!(a.changed().await);
         let b_woke = tokio::time::timeout(Duration::from_millis(50), b.changed()).await;
         assert!(b_woke.is_err());
     }
 
     #[tokio::test]
+    async fn a_waiter_for_the_end_sleeps_through_every_other_change() {
+        let changes = Changes::new(10, None);
+        let mut stream = changes.register("a", Interest::Every, 0).unwrap();
+        let mut wait = changes.register("a", Interest::Terminal, 0).unwrap();
+        changes.wake(&change("a", false));
+        assert!(stream.changed().await);
+        let woke = tokio::time::timeout(Duration::from_millis(50), wait.changed()).await;
+        assert!(woke.is_err(), "a processing change woke a wait");
+        changes.wake(&change("a", true));
+        assert!(wait.changed().await && stream.changed().await);
+    }
+
+    #[tokio::test]
     async fn a_wake_before_the_wait_is_not_lost() {
-        let changes = Changes::new(10);
-        let mut a = changes.register("a").unwrap();
-        changes.wake("a");
+        let changes = Changes::new(10, None);
+        let mut a = changes.register("a", Interest::Terminal, 0).unwrap();
+        changes.wake(&change("a", true));
         assert!(
             tokio::time::timeout(Duration::from_secs(1), a.changed())
                 .await
@@ -196,25 +296,37 @@ mod tests {
     }
 
     #[test]
-    fn dropping_registrations_leaves_nothing_behind_and_the_cap_holds() {
-        let changes = Changes::new(2);
-        let first = changes.register("a").unwrap();
-        let second = changes.register("a").unwrap();
-        assert!(changes.register("b").is_none());
-        assert_eq!(changes.count(), 2);
-        drop(first);
+    fn dropping_registrations_leaves_nothing_behind_and_the_caps_hold() {
+        let changes = Changes::new(3, Some(2));
+        let first = changes.register("a", Interest::Every, 7).unwrap();
+        let second = changes.register("a", Interest::Terminal, 7).unwrap();
+        assert_eq!(
+            changes.register("b", Interest::Every, 7).err(),
+            Some(Refused::CallerFull)
+        );
+        let other = changes.register("b", Interest::Every, 8).unwrap();
+        assert_eq!(
+            changes.register("c", Interest::Every, 9).err(),
+            Some(Refused::Full)
+        );
+        assert_eq!(changes.count(), 3);
+        drop((first, other));
         assert_eq!(changes.lock().len(), 1);
         drop(second);
         assert_eq!((changes.count(), changes.lock().len()), (0, 0));
-        assert!(changes.register("b").is_some());
+        assert!(lock(&changes.inner.by_caller).is_empty());
+        assert!(changes.register("b", Interest::Every, 7).is_ok());
     }
 
     #[tokio::test]
     async fn closing_ends_every_wait_and_refuses_new_ones() {
-        let changes = Changes::new(10);
-        let mut a = changes.register("a").unwrap();
+        let changes = Changes::new(10, None);
+        let mut a = changes.register("a", Interest::Terminal, 0).unwrap();
         changes.close();
         assert!(!a.changed().await);
-        assert!(changes.register("a").is_none());
+        assert_eq!(
+            changes.register("a", Interest::Every, 0).err(),
+            Some(Refused::Closed)
+        );
     }
 }

@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod sample;
 pub mod startup;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod verify;

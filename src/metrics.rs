@@ -20,6 +20,10 @@ pub const WAITERS: &str = "inbox_waiters";
 pub const POOL_CONNECTIONS: &str = "inbox_db_pool_connections";
 pub const PREDICTIONS: &str = "inbox_predictions";
 pub const BATCH_SIZE: &str = "inbox_ingest_batch_size";
+pub const WORKER_UP: &str = "inbox_worker_up";
+pub const WORKER_RESTARTS: &str = "inbox_worker_restarts_total";
+pub const CONNECTIONS_REFUSED: &str = "inbox_connections_refused_total";
+pub const BODY_BUDGET: &str = "inbox_body_budget_available_bytes";
 
 /// Seconds; from well under a millisecond (an ingest) to a full `Prefer: wait`.
 const BUCKETS: &[f64] = &[
@@ -127,6 +131,22 @@ fn describe() {
         "Database connections of this process's pool, by state (in_use, idle)"
     );
     describe_gauge!(
+        WORKER_UP,
+        "Whether each background worker runs (1) or is down, waiting to be restarted (0)"
+    );
+    describe_counter!(
+        WORKER_RESTARTS,
+        "Background workers started again after a panic, by worker"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at once because INBOX_MAX_CONNECTIONS were open"
+    );
+    describe_gauge!(
+        BODY_BUDGET,
+        "Bytes of INBOX_MAX_INFLIGHT_BODY_BYTES not held by a request body now"
+    );
+    describe_gauge!(
         PREDICTIONS,
         "Predictions stored, by status (unknown statuses count as other); refreshed at most every 15 s"
     );
@@ -225,6 +245,22 @@ pub fn waiters(count: usize) {
 pub fn pool(in_use: u32, idle: usize) {
     gauge!(POOL_CONNECTIONS, "state" => "in_use").set(f64::from(in_use));
     gauge!(POOL_CONNECTIONS, "state" => "idle").set(idle as f64);
+}
+
+pub fn worker_up(worker: &'static str, up: bool) {
+    gauge!(WORKER_UP, "worker" => worker).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn worker_restarted(worker: &'static str) {
+    counter!(WORKER_RESTARTS, "worker" => worker).increment(1);
+}
+
+pub fn connection_refused() {
+    counter!(CONNECTIONS_REFUSED).increment(1);
+}
+
+pub fn body_budget(available: usize) {
+    gauge!(BODY_BUDGET).set(available as f64);
 }
 
 pub fn predictions(status: &'static str, count: i64) {

@@ -2,15 +2,19 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::changes::{self, Changes};
 use crate::config::{DatabaseUrl, Settings};
-use crate::http::{self, AppState, Limits};
+use crate::http::{self, AppState};
+use crate::ingest::{Faults, Writer};
 use crate::store::{self, Store, StoreError};
+use crate::supervisor::{Role, Supervisor};
 use crate::verify::Verifier;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,22 +28,39 @@ pub enum StartupError {
     },
 }
 
-/// A migrated database and a bound listener, ready to serve.
+/// A migrated database, a bound listener and the background workers, ready to serve.
 pub struct Application {
     listener: TcpListener,
     router: Router,
     store: Store,
     changes: Changes,
-    header_timeout: Duration,
+    supervisor: Supervisor,
+    http: http::Settings,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with_faults(settings, None).await
+    }
+
+    /// As `build`, with failures a test makes happen in the batch writer.
+    pub async fn build_with_faults(
+        settings: Settings,
+        faults: Option<Arc<dyn Faults>>,
+    ) -> Result<Self, StartupError> {
         // Before anything is counted: metrics recorded with no recorder installed are lost.
         crate::metrics::handle();
         let store = store::open(&settings.database_url, settings.database_pool_size).await?;
         store.migrate().await?;
         tracing::info!(store = %store.describe(), "store ready");
+        if matches!(settings.database_url, DatabaseUrl::Sqlite(_)) && in_container() {
+            tracing::warn!(
+                store = %store.describe(),
+                "running on the embedded SQLite store inside a container: mount a volume on its \
+                 folder or its state goes with the container, and run one replica only; set \
+                 DATABASE_URL to a Postgres database to run several"
+            );
+        }
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -47,26 +68,53 @@ impl Application {
                     addr: settings.listen,
                     source,
                 })?;
-        let changes = Changes::new(settings.max_waiters);
-        let state = AppState::new(
-            store.clone(),
-            changes.clone(),
-            Verifier::new(settings.webhook_secrets, settings.webhook_tolerance_secs),
-            settings.api_tokens,
-            settings.public_url,
-            settings.request_timeout,
-        );
-        let limits = Limits {
-            max_body_bytes: settings.max_body_bytes,
+        let changes = Changes::new(settings.max_waiters, settings.max_waiters_per_token);
+        let mut supervisor = Supervisor::new();
+        let (writer, batch_writer) = Writer::new(store.clone(), faults);
+        supervisor.spawn("batch_writer", Role::Essential, move |stop| {
+            batch_writer.clone().run(stop)
+        });
+        let listened = (store.clone(), changes.clone());
+        supervisor.spawn("change_listener", Role::Auxiliary, move |stop| {
+            until_stopped(
+                stop,
+                changes::listen(listened.0.clone(), listened.1.clone()),
+            )
+        });
+        supervisor.spawn("metrics_upkeep", Role::Auxiliary, |stop| {
+            until_stopped(stop, crate::metrics::keep_up())
+        });
+        let backfilled = store.clone();
+        supervisor.spawn("backfill", Role::Auxiliary, move |stop| {
+            until_stopped(stop, backfill(backfilled.clone()))
+        });
+        let http = http::Settings {
+            tokens: settings.api_tokens,
+            public_url: settings.public_url,
+            trust_forwarded: settings.trust_forwarded,
             request_timeout: settings.request_timeout,
+            max_body_bytes: settings.max_body_bytes,
+            max_inflight_body_bytes: settings.max_inflight_body_bytes,
+            max_connections: settings.max_connections,
+            stream_max: settings.stream_max,
         };
+        let state = AppState::new(
+            http::Parts {
+                store: store.clone(),
+                writer,
+                changes: changes.clone(),
+                verifier: Verifier::new(settings.webhook_secrets, settings.webhook_tolerance_secs),
+                health: supervisor.health(),
+            },
+            http.clone(),
+        );
         Ok(Self {
             listener,
-            router: http::router(state, &limits),
+            router: http::router(state),
             store,
             changes,
-            // No part of a request may take longer than the request timeout, its headers included.
-            header_timeout: settings.request_timeout,
+            supervisor,
+            http,
         })
     }
 
@@ -83,23 +131,56 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, ends waits and event streams with
-    /// the current state, lets in-flight requests finish (each is bounded by its timeout) and
-    /// closes the database pool.
+    /// the current state, lets in-flight requests finish (each is bounded by its timeout), stops
+    /// the background workers and closes the database pool.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) {
         tracing::info!(addr = %self.local_addr(), "serving");
-        let listening = tokio::spawn(changes::listen(self.store.clone(), self.changes.clone()));
-        let metrics_upkeep = tokio::spawn(crate::metrics::keep_up());
         let changes = self.changes.clone();
         let shutdown = async move {
             shutdown.await;
             changes.close();
         };
-        http::serve(self.listener, self.router, self.header_timeout, shutdown).await;
-        listening.abort();
-        metrics_upkeep.abort();
+        http::serve(self.listener, self.router, &self.http, shutdown).await;
+        self.supervisor.shutdown().await;
         self.store.close().await;
         tracing::info!("stopped");
     }
+}
+
+/// Runs `work` until it ends or `stop` is cancelled.
+async fn until_stopped(stop: CancellationToken, work: impl Future<Output = ()>) {
+    tokio::select! {
+        () = work => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+/// Fills in, a slice at a time, what predictions stored by an earlier version lack (see
+/// `Storage::backfill`), then ends.
+async fn backfill(store: Store) {
+    let mut slices = 0u64;
+    loop {
+        match store.backfill().await {
+            Ok(true) => slices += 1,
+            Ok(false) => break,
+            Err(error) => {
+                tracing::warn!(%error, "the backfill failed; trying again in a minute");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
+        // Room between slices for the deliveries and reads waiting on the rows.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if slices > 0 {
+        tracing::info!(slices, "backfill done");
+    }
+}
+
+/// Whether this process runs in a container, by the marks Docker, Podman and Kubernetes leave.
+fn in_container() -> bool {
+    std::path::Path::new("/.dockerenv").exists()
+        || std::path::Path::new("/run/.containerenv").exists()
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
 }
 
 /// `prediction-inbox migrate`.

@@ -17,6 +17,9 @@ type HmacSha256 = Hmac<Sha256>;
 
 const SIGNATURE_LEN: usize = 32;
 const SECRET_PREFIX: &str = "whsec_";
+/// The shortest key accepted: the platform's own are 24 to 64 random bytes, and a shorter one is
+/// a typo or a guessable test value.
+pub const MIN_KEY_BYTES: usize = 24;
 
 /// A signing key: the base64-decoded part of a `whsec_…` secret (never the text itself), held as a
 /// keyed HMAC state so each message only clones it.
@@ -35,8 +38,8 @@ pub enum InvalidSecret {
     MissingPrefix,
     #[error("the part after `whsec_` is not base64")]
     NotBase64,
-    #[error("the part after `whsec_` is empty")]
-    Empty,
+    #[error("the part after `whsec_` decodes to fewer than {MIN_KEY_BYTES} bytes")]
+    TooShort,
 }
 
 impl FromStr for Secret {
@@ -50,10 +53,10 @@ impl FromStr for Secret {
         let key = BASE64
             .decode(encoded)
             .map_err(|_| InvalidSecret::NotBase64)?;
-        if key.is_empty() {
-            return Err(InvalidSecret::Empty);
+        if key.len() < MIN_KEY_BYTES {
+            return Err(InvalidSecret::TooShort);
         }
-        let mac = HmacSha256::new_from_slice(&key).map_err(|_| InvalidSecret::Empty)?;
+        let mac = HmacSha256::new_from_slice(&key).map_err(|_| InvalidSecret::TooShort)?;
         Ok(Self(mac))
     }
 }
@@ -107,6 +110,18 @@ pub struct Verifier {
     tolerance_secs: u64,
 }
 
+/// What a delivery's headers claim, checked as far as it can be without its body: every header
+/// present and well formed, the timestamp within the tolerance, and at least one `v1` signature of
+/// the right length. Only such a delivery is worth reading the body of.
+#[derive(Debug)]
+pub struct Claim {
+    webhook_id: WebhookId,
+    /// As received: the signature covers this text, not a number re-printed.
+    timestamp_text: String,
+    timestamp: i64,
+    candidates: Vec<[u8; SIGNATURE_LEN]>,
+}
+
 impl Verifier {
     /// Any one of `secrets` verifying is enough, so a secret can be rotated without downtime.
     pub fn new(secrets: Vec<Secret>, tolerance_secs: u64) -> Self {
@@ -116,19 +131,15 @@ impl Verifier {
         }
     }
 
-    /// `now` is the current Unix time in seconds.
-    pub fn verify(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: i64,
-    ) -> Result<Verified, Rejection> {
+    /// Checks everything the headers alone can show; `now` is the current Unix time in seconds.
+    pub fn claim(&self, headers: &HeaderMap, now: i64) -> Result<Claim, Rejection> {
         let id = single_header(headers, "webhook-id")?;
         let timestamp_text = single_header(headers, "webhook-timestamp")?;
         let timestamp = parse_timestamp(timestamp_text)?;
         if timestamp.abs_diff(now) > self.tolerance_secs {
             return Err(Rejection::OutsideTolerance(self.tolerance_secs));
         }
+        let webhook_id = WebhookId::parse(id)?;
 
         // Senders may list several signatures in one header, or repeat the header.
         let mut candidates = Vec::new();
@@ -138,14 +149,28 @@ impl Verifier {
                 .map_err(|_| Rejection::MalformedHeader("webhook-signature"))?;
             candidates.extend(v1_signatures(value));
         }
-        if candidates.is_empty() && headers.get("webhook-signature").is_none() {
-            return Err(Rejection::MissingHeader("webhook-signature"));
+        if candidates.is_empty() {
+            return Err(match headers.get("webhook-signature") {
+                None => Rejection::MissingHeader("webhook-signature"),
+                // Nothing in it could ever match.
+                Some(_) => Rejection::NoMatchingSignature,
+            });
         }
+        Ok(Claim {
+            webhook_id,
+            timestamp_text: timestamp_text.to_owned(),
+            timestamp,
+            candidates,
+        })
+    }
 
+    /// Whether one of the claim's signatures is the body's, under any of the secrets.
+    pub fn verify_claim(&self, claim: Claim, body: &[u8]) -> Result<Verified, Rejection> {
+        let id = claim.webhook_id.as_str();
         let mut matched = subtle::Choice::from(0);
         for secret in &self.secrets {
-            let expected = secret.mac(id, timestamp_text, body);
-            for candidate in &candidates {
+            let expected = secret.mac(id, &claim.timestamp_text, body);
+            for candidate in &claim.candidates {
                 matched |= expected.ct_eq(candidate);
             }
         }
@@ -153,9 +178,19 @@ impl Verifier {
             return Err(Rejection::NoMatchingSignature);
         }
         Ok(Verified {
-            webhook_id: WebhookId::parse(id)?,
-            timestamp,
+            webhook_id: claim.webhook_id,
+            timestamp: claim.timestamp,
         })
+    }
+
+    /// Both steps at once, for a delivery whose body is at hand.
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Verified, Rejection> {
+        self.verify_claim(self.claim(headers, now)?, body)
     }
 }
 
@@ -291,7 +326,11 @@ mod tests {
             assert_eq!(check(&v, id, &bumped, sig, body), no_match, "timestamp");
             // The same signature under another secret.
             let other = Verifier::new(
-                vec!["whsec_dGhpcyBpcyBub3QgdGhlIHNlY3JldA==".parse().unwrap()],
+                vec![
+                    "whsec_dGhpcyBpcyBub3QgdGhlIHNlY3JldCwgaXQgaXMgYW5vdGhlcg=="
+                        .parse()
+                        .unwrap(),
+                ],
                 300,
             );
             let now = ts.parse().unwrap();
@@ -445,10 +484,12 @@ mod tests {
             "whsec_not base64!".parse::<Secret>().unwrap_err(),
             InvalidSecret::NotBase64
         );
-        assert_eq!(
-            "whsec_".parse::<Secret>().unwrap_err(),
-            InvalidSecret::Empty
-        );
+        for short in ["whsec_", "whsec_dGhpcyBpcyBub3QgdGhlIHNlY3JldA=="] {
+            assert_eq!(
+                short.parse::<Secret>().unwrap_err(),
+                InvalidSecret::TooShort
+            );
+        }
         let secret: Secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse().unwrap();
         assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
     }

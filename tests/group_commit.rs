@@ -213,7 +213,7 @@ async fn batches_are_written_on_one_connection_the_writer_keeps() {
 #[tokio::test]
 async fn a_closed_store_writes_nothing_and_leaves_no_connection_open() {
     use prediction_inbox::config::DatabaseUrl;
-    use prediction_inbox::domain::{Prediction, Progress, WebhookId};
+    use prediction_inbox::domain::{Prediction, WebhookId};
     use prediction_inbox::store::{self, NewDelivery};
 
     let db = common::TestDatabase::create().await;
@@ -224,14 +224,12 @@ async fn a_closed_store_writes_nothing_and_leaves_no_connection_open() {
     let delivery = |webhook_id: &str| {
         let body = prediction("p1", "starting", "");
         let prediction = Prediction::parse(&body).unwrap();
-        NewDelivery {
-            webhook_id: WebhookId::parse(webhook_id).unwrap(),
-            webhook_timestamp: now(),
-            progress: Progress::new(prediction.status.as_ref(), 0, now()),
+        NewDelivery::new(
             prediction,
+            WebhookId::parse(webhook_id).unwrap(),
+            now(),
             body,
-            received_at: time::OffsetDateTime::now_utc(),
-        }
+        )
     };
     let deadline = || tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     store

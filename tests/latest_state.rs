@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use common::{Backend, Delivery, TestApp, now, prediction, spawn_app, spawn_app_with};
 
-/// (first delivered, then delivered, the second's receipt, which one is the latest state after)
+/// (first delivered, then delivered, the second's receipt, which one is the latest state after).
+/// Each delivery is (status, logs, timestamp); the second's `webhook-id` is less than the first's
+/// unless the case says otherwise, in `GREATER_ID_CASES`.
 async fn the_contract_table_through_the_database(backend: Backend) {
     let app = spawn_app(backend).await;
     let t = now();
@@ -76,11 +78,27 @@ async fn the_contract_table_through_the_database(backend: Backend) {
         ),
         (("succeeded", "abc", t), ("failed", "", t + 1), "applied", 2),
         (("failed", "", t), ("canceled", "", t - 1), "ignored", 1),
+        // The same second, and equal otherwise: the greater webhook-id wins, whichever came first.
+        (
+            ("processing", "abc", t),
+            ("processing", "abc", t),
+            "applied",
+            2,
+        ),
+        (("succeeded", "", t), ("failed", "", t), "applied", 2),
+        (("succeeded", "", t), ("failed", "", t), "ignored", 1),
     ];
+    const GREATER_ID_CASES: [usize; 2] = [14, 15];
     for (i, (first, second, receipt, latest)) in cases.into_iter().enumerate() {
         let id = format!("case{i}");
-        let first = Delivery::at(first.2, prediction(&id, first.0, first.1));
-        let second = Delivery::at(second.2, prediction(&id, second.0, second.1));
+        let mut first = Delivery::at(first.2, prediction(&id, first.0, first.1));
+        let mut second = Delivery::at(second.2, prediction(&id, second.0, second.1));
+        first.webhook_id = format!("msg_{i:02}_b");
+        second.webhook_id = if GREATER_ID_CASES.contains(&i) {
+            format!("msg_{i:02}_c")
+        } else {
+            format!("msg_{i:02}_a")
+        };
         assert_eq!(app.deliver(&first).await, "applied", "case {i}");
         assert_eq!(app.deliver(&second).await, receipt, "case {i}");
         let expected = if latest == 1 {
@@ -94,6 +112,28 @@ async fn the_contract_table_through_the_database(backend: Backend) {
             "case {i}"
         );
     }
+
+    // At equal logs, more output is later, whatever the timestamps and ids say.
+    let shorter = Delivery::at(
+        t + 5,
+        with_output(prediction("out", "processing", "l"), "[\"a\"]"),
+    );
+    let longer = Delivery::at(
+        t,
+        with_output(prediction("out", "processing", "l"), "[\"a\",\"b\"]"),
+    );
+    assert_eq!(app.deliver(&longer).await, "applied");
+    assert_eq!(app.deliver(&shorter).await, "ignored");
+    assert_eq!(app.prediction("out").await, Some(longer.body));
+}
+
+/// `body` with its `output` replaced by the JSON text `output`, as sent.
+fn with_output(body: String, output: &str) -> String {
+    let mut value: serde_json::Value = serde_json::from_str(&body).unwrap();
+    value["output"] = serde_json::Value::Null;
+    serde_json::to_string(&value)
+        .unwrap()
+        .replace("\"output\":null", &format!("\"output\":{output}"))
 }
 
 /// starting → processing → processing (more logs) → succeeded, one second apart.

@@ -196,8 +196,12 @@ async fn a_client_that_connects_and_says_nothing_is_cut_off(backend: Backend) {
 
 async fn a_client_stalling_its_body_gets_503_within_the_timeout(backend: Backend) {
     let app = spawn_app_with(backend, &[("INBOX_REQUEST_TIMEOUT_SECS", "1")]).await;
-    let head = "POST /webhooks/replicate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{\"id\":";
-    let (elapsed, answer) = dribble(&app.address, head, "").await;
+    let head = format!(
+        "POST /webhooks/replicate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n{}\
+         Connection: close\r\n\r\n{{\"id\":",
+        common::plausible_headers()
+    );
+    let (elapsed, answer) = dribble(&app.address, &head, "").await;
     assert!(
         elapsed < std::time::Duration::from_secs(5),
         "held for {elapsed:?}"

@@ -313,12 +313,12 @@ async fn hostile_ids_and_filters_get_4xx_never_5xx(backend: Backend) {
     assert!(app.prediction("p1").await.is_some());
 }
 
-async fn next_links_honour_the_forwarded_origin(backend: Backend) {
-    let app = spawn_app(backend).await;
-    seed(&app, 2, |_, _| {}).await;
+/// The `next` link of a page of one from the instance at `address`, asked with a forged
+/// `X-Forwarded-*` origin.
+async fn next_link(app: &TestApp, address: &str) -> String {
     let response = app
         .client
-        .get(format!("{}/v1/predictions?limit=1", app.address))
+        .get(format!("{address}/v1/predictions?limit=1"))
         .bearer_auth(TOKEN)
         .header("x-forwarded-proto", "https")
         .header("x-forwarded-host", "inbox.example.com")
@@ -326,9 +326,36 @@ async fn next_links_honour_the_forwarded_origin(backend: Backend) {
         .await
         .unwrap();
     let body: Value = response.json().await.unwrap();
-    let next = body["next"].as_str().unwrap();
+    body["next"].as_str().unwrap().to_owned()
+}
+
+async fn links_name_the_public_url_else_the_host_and_forwarded_headers_only_when_trusted(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    seed(&app, 2, |_, _| {}).await;
+    let own = format!("{}/v1/predictions?limit=1&cursor=", app.address);
+    let next = next_link(&app, &app.address).await;
+    assert!(next.starts_with(&own), "{next}");
+
+    let trusting = app
+        .another_instance_with(&[("INBOX_TRUST_FORWARDED", "true")])
+        .await;
+    let next = next_link(&app, &trusting.address).await;
     assert!(
         next.starts_with("https://inbox.example.com/v1/predictions?limit=1&cursor="),
+        "{next}"
+    );
+
+    let public = app
+        .another_instance_with(&[
+            ("INBOX_TRUST_FORWARDED", "true"),
+            ("INBOX_PUBLIC_URL", "https://inbox.internal/"),
+        ])
+        .await;
+    let next = next_link(&app, &public.address).await;
+    assert!(
+        next.starts_with("https://inbox.internal/v1/predictions?limit=1&cursor="),
         "{next}"
     );
 }
@@ -343,5 +370,5 @@ crate::on_each_backend!(
     filters_narrow_the_list_and_survive_in_the_cursor,
     the_status_filter_follows_each_prediction_through_its_life,
     bad_list_parameters_are_400_problems,
-    next_links_honour_the_forwarded_origin,
+    links_name_the_public_url_else_the_host_and_forwarded_headers_only_when_trusted,
 );

@@ -190,7 +190,8 @@ async fn verified_bodies_that_are_not_predictions_get_400_and_store_nothing(back
         "{\"id\":42}",
         "{\"id\":\"\"}",
         "{\"id\":\"a\\u0000b\"}",
-        "{\"id\":\"p\",\"id\":\"q\"}",
+        // A key given twice counts as its last value, which must be a usable `id`.
+        "{\"id\":\"p\",\"id\":7}",
         // Numbers no double can hold, and the ones JSON does not have.
         "{\"id\":\"p\",\"x\":1e999999}",
         "{\"id\":\"p\",\"x\":-1e999999}",
@@ -218,6 +219,111 @@ async fn verified_bodies_that_are_not_predictions_get_400_and_store_nothing(back
     let long = format!("{{\"id\":\"p\",\"x\":{}}}", "9".repeat(30));
     assert_eq!(app.deliver(&Delivery::new(long.clone())).await, "applied");
     assert_eq!(app.prediction("p").await.as_deref(), Some(long.as_str()));
+}
+
+/// Replicate retries the same bytes, so a verified delivery refused for what is inside it would be
+/// lost for good: only the contract's `400` row refuses one.
+async fn a_verified_delivery_is_stored_as_sent_whatever_its_fields_hold(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let long = "x".repeat(5000);
+    let nul = "a\\u0000b";
+    let cases: Vec<(String, String)> = vec![
+        ("empty status".into(), r#"{"id":"e1","status":""}"#.into()),
+        (
+            "empty model".into(),
+            r#"{"id":"e2","model":"","version":""}"#.into(),
+        ),
+        (
+            "long status".into(),
+            format!(r#"{{"id":"l1","status":"{long}"}}"#),
+        ),
+        (
+            "long model".into(),
+            format!(r#"{{"id":"l2","model":"{long}","version":"{long}"}}"#),
+        ),
+        (
+            "NUL status".into(),
+            format!(r#"{{"id":"n1","status":"{nul}"}}"#),
+        ),
+        (
+            "NUL model".into(),
+            format!(r#"{{"id":"n2","model":"{nul}","version":"{nul}"}}"#),
+        ),
+        (
+            "duplicate keys".into(),
+            r#"{"id":"d0","status":"starting","id":"d1","status":"succeeded","model":"a/b"}"#
+                .into(),
+        ),
+    ];
+    for (case, body) in &cases {
+        assert_eq!(
+            app.deliver(&Delivery::new(body.clone())).await,
+            "applied",
+            "{case}"
+        );
+    }
+    for (case, body) in &cases {
+        let id = match case.as_str() {
+            "duplicate keys" => "d1".to_owned(),
+            _ => serde_json::from_str::<serde_json::Value>(body).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        };
+        assert_eq!(
+            app.prediction(&id).await.as_deref(),
+            Some(body.as_str()),
+            "{case}"
+        );
+    }
+    // The last status counted: the duplicate-keyed prediction is finished.
+    let finished = app.get("/v1/predictions?status=succeeded").await;
+    let finished: serde_json::Value = finished.json().await.unwrap();
+    assert_eq!(finished["results"].as_array().unwrap().len(), 1);
+    // An empty value is held, and an exact filter finds it; one a column cannot hold is NULL
+    // there (never a prefix), so no filter finds it.
+    let filtered = |query: &str| {
+        let app = &app;
+        let query = query.to_owned();
+        async move {
+            let page: serde_json::Value = app
+                .get(&format!("/v1/predictions?{query}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            let mut ids: Vec<String> = page["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["id"].as_str().unwrap().to_owned())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(filtered("model=").await, ["e2"]);
+    assert_eq!(filtered("status=").await, ["e1"]);
+    assert_eq!(
+        filtered(&format!("model={}", &long[..1024])).await,
+        Vec::<String>::new()
+    );
+    let held: Vec<(String, Option<String>)> = match &app.store {
+        common::TestStore::Postgres { pool, .. } => {
+            sqlx::query_as("SELECT id, model FROM predictions ORDER BY id")
+                .fetch_all(pool)
+                .await
+        }
+        common::TestStore::Sqlite { pool, .. } => {
+            sqlx::query_as("SELECT id, model FROM predictions ORDER BY id")
+                .fetch_all(pool)
+                .await
+        }
+    }
+    .unwrap();
+    let model = |id: &str| held.iter().find(|(i, _)| i == id).unwrap().1.clone();
+    assert_eq!((model("l2"), model("n2")), (None, None));
+    assert_eq!(model("e2").as_deref(), Some(""));
 }
 
 async fn a_body_over_the_limit_gets_413_and_stores_nothing(backend: Backend) {
@@ -314,6 +420,7 @@ crate::on_each_backend!(
     unverifiable_deliveries_get_401_and_store_nothing,
     timestamps_outside_the_tolerance_get_401,
     verified_bodies_that_are_not_predictions_get_400_and_store_nothing,
+    a_verified_delivery_is_stored_as_sent_whatever_its_fields_hold,
     a_body_over_the_limit_gets_413_and_stores_nothing,
     a_failing_statement_gets_503_and_loses_nothing_stored,
 );

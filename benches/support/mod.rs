@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::{Connection, Executor, PgConnection};
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-pub const TOKEN: &str = "bench-token";
+pub const TOKEN: &str = "bench-token-0123456789";
 
 /// A database made for one run and removed after it: a Postgres database on the test server
 /// (`TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432`), or a SQLite file under

@@ -7,4 +7,4 @@ mod text;
 
 pub use prediction::{InvalidPrediction, MAX_DEPTH, Prediction, Status};
 pub use progress::Progress;
-pub use text::{InvalidText, PredictionId, WebhookId};
+pub use text::{InvalidText, PredictionId, WebhookId, holdable};

@@ -1,43 +1,75 @@
-//! The latest-state rule of the contract, written once as an order over deliveries.
+//! The latest-state rule of the contract, written once as a total order over deliveries.
 //!
-//! Rank by status (`starting` 0 < `processing` and unknown 1 < terminal 2); at equal non-terminal
-//! rank the longer `logs` wins, then the later `webhook-timestamp`; a terminal state is final except
-//! that a terminal delivery with a later `webhook-timestamp` refreshes it. All of that is the
-//! lexicographic order of `(rank, logs length — counted as 0 once terminal, timestamp)`, so a
-//! delivery replaces the stored state exactly when its `Progress` is greater. Storage keeps the key
-//! beside each prediction and compares keys; it never needs to know the rule itself.
+//! 1. rank by status (`starting` 0 < `processing` and unknown 1 < terminal 2);
+//! 2. below terminal rank, the length of `logs`, then the byte length of `output`'s JSON text as
+//!    received (more logs or more output is later, as the platform advises); both count as 0 once
+//!    terminal, so logs never reopen a finished prediction;
+//! 3. `webhook-timestamp`;
+//! 4. `webhook-id`, a last tie-break that is arbitrary but fixed.
+//!
+//! That is the lexicographic order of the fields of [`Progress`], so a delivery replaces the stored
+//! state exactly when its `Progress` is greater, and the stored state never depends on the order
+//! in which deliveries arrive: any order folds to the greatest. Storage keeps the key beside each
+//! prediction and compares keys; it never needs to know the rule itself.
 
-use super::Status;
+use super::{Prediction, Status, WebhookId};
 
 /// How far a prediction had come according to one delivery. Field order is the rule: derive(Ord)
-/// compares rank, then logs length, then timestamp.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// compares rank, logs, output, timestamp, then the webhook id (bytewise, as `COLLATE "C"` and
+/// SQLite's `BINARY` compare text).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Progress {
     pub rank: i16,
     pub logs_len: i64,
+    pub output_len: i64,
     pub timestamp: i64,
+    pub webhook_id: WebhookId,
 }
 
 impl Progress {
     /// `status` is `None` when the object carried no status string; that ranks as an unknown status.
-    pub fn new(status: Option<&Status>, logs_len: usize, webhook_timestamp: i64) -> Self {
+    pub fn new(
+        status: Option<&Status>,
+        logs_len: usize,
+        output_len: usize,
+        timestamp: i64,
+        webhook_id: WebhookId,
+    ) -> Self {
         let rank = status.map_or(Status::UNKNOWN_RANK, Status::rank);
-        let logs_len = if rank == Status::TERMINAL_RANK {
-            // Logs do not reopen a finished prediction: only a later terminal delivery refreshes it.
-            0
-        } else {
-            i64::try_from(logs_len).unwrap_or(i64::MAX)
+        let below_terminal = |len: usize| {
+            if rank == Status::TERMINAL_RANK {
+                0
+            } else {
+                i64::try_from(len).unwrap_or(i64::MAX)
+            }
         };
         Self {
             rank,
-            logs_len,
-            timestamp: webhook_timestamp,
+            logs_len: below_terminal(logs_len),
+            output_len: below_terminal(output_len),
+            timestamp,
+            webhook_id,
         }
+    }
+
+    /// The place of a delivery of `prediction` signed with this id and timestamp.
+    pub fn of(prediction: &Prediction, webhook_id: WebhookId, timestamp: i64) -> Self {
+        Self::new(
+            prediction.status.as_ref(),
+            prediction.logs_len,
+            prediction.output_len,
+            timestamp,
+            webhook_id,
+        )
     }
 
     /// Whether a delivery with this progress replaces a stored state with `stored` progress.
     pub fn supersedes(&self, stored: &Progress) -> bool {
         self > stored
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.rank == Status::TERMINAL_RANK
     }
 }
 
@@ -45,8 +77,18 @@ impl Progress {
 mod tests {
     use super::*;
 
+    fn at_id(status: &str, logs: usize, output: usize, ts: i64, id: &str) -> Progress {
+        Progress::new(
+            Some(&Status::parse(status)),
+            logs,
+            output,
+            ts,
+            WebhookId::parse(id).unwrap(),
+        )
+    }
+
     fn at(status: &str, logs: usize, ts: i64) -> Progress {
-        Progress::new(Some(&Status::parse(status)), logs, ts)
+        at_id(status, logs, 4, ts, "msg_1")
     }
 
     #[test]
@@ -61,23 +103,55 @@ mod tests {
             (at("processing", 5, 10), at("failed", 0, 10), true),
             (at("processing", 5, 10), at("canceled", 0, 10), true),
             (at("starting", 0, 10), at("aborted", 0, 10), true),
-            // equal non-terminal rank: longer logs win, then the later timestamp
+            // equal non-terminal rank: longer logs win, then more output, then the later timestamp
             (at("processing", 5, 10), at("processing", 6, 9), true),
             (at("processing", 6, 10), at("processing", 5, 99), false),
+            (
+                at_id("processing", 5, 4, 10, "msg_1"),
+                at_id("processing", 5, 9, 9, "msg_1"),
+                true,
+            ),
+            (
+                at_id("processing", 5, 9, 10, "msg_1"),
+                at_id("processing", 5, 4, 99, "msg_1"),
+                false,
+            ),
             (at("processing", 5, 10), at("processing", 5, 11), true),
             (at("processing", 5, 10), at("processing", 5, 10), false),
             (at("processing", 5, 10), at("processing", 5, 9), false),
             (at("starting", 0, 10), at("starting", 0, 11), true),
+            // the same second: the greater webhook id, whatever came first
+            (
+                at_id("processing", 5, 4, 10, "msg_a"),
+                at_id("processing", 5, 4, 10, "msg_b"),
+                true,
+            ),
+            (
+                at_id("processing", 5, 4, 10, "msg_b"),
+                at_id("processing", 5, 4, 10, "msg_a"),
+                false,
+            ),
             // unknown statuses rank with processing
             (at("processing", 5, 10), at("successful", 6, 10), true),
             (at("successful", 5, 10), at("processing", 4, 99), false),
             (at("successful", 5, 10), at("succeeded", 0, 1), true),
             (at("starting", 0, 10), at("queued", 0, 10), true),
-            // terminal is final, except a later terminal delivery refreshes it
+            // terminal: logs and output no longer count; a later one (or a greater id in the same
+            // second) refreshes it
             (at("succeeded", 5, 10), at("succeeded", 9, 10), false),
+            (
+                at_id("succeeded", 0, 4, 10, "msg_1"),
+                at_id("succeeded", 0, 900, 10, "msg_1"),
+                false,
+            ),
             (at("succeeded", 5, 10), at("succeeded", 0, 11), true),
             (at("succeeded", 5, 10), at("failed", 0, 9), false),
             (at("failed", 0, 10), at("failed", 0, 10), false),
+            (
+                at_id("failed", 0, 4, 10, "msg_a"),
+                at_id("succeeded", 0, 4, 10, "msg_b"),
+                true,
+            ),
         ];
         for (stored, incoming, replaces) in cases {
             assert_eq!(
@@ -90,7 +164,7 @@ mod tests {
 
     #[test]
     fn a_missing_status_ranks_as_unknown() {
-        let none = Progress::new(None, 0, 10);
+        let none = Progress::new(None, 0, 0, 10, WebhookId::parse("msg_1").unwrap());
         assert!(none.supersedes(&at("starting", 0, 10)));
         assert!(!none.supersedes(&at("processing", 0, 10)));
         assert!(at("succeeded", 0, 1).supersedes(&none));
@@ -115,7 +189,7 @@ mod tests {
 
     fn fold<'a>(deliveries: impl Iterator<Item = &'a Progress>) -> Progress {
         deliveries
-            .copied()
+            .cloned()
             .reduce(|stored, new| if new.supersedes(&stored) { new } else { stored })
             .expect("non-empty")
     }

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-/// Longest identifier or indexed field we accept. Replicate's ids are 26 characters; anything near
-/// this bound is garbage, and rejecting it keeps index entries small.
+/// Longest identifier, or value of an indexed column, the service keeps. Replicate's ids are 26
+/// characters; anything near this bound is garbage, and refusing it keeps index entries small.
 const MAX_LEN: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -13,8 +13,8 @@ pub struct InvalidText {
     pub reason: &'static str,
 }
 
-/// Checks text that will be stored in an indexed column: Postgres text cannot hold NUL.
-pub(crate) fn check(field: &'static str, value: &str) -> Result<(), InvalidText> {
+/// Checks text that will be a key: not empty, and holdable (see [`holdable`]).
+fn check(field: &'static str, value: &str) -> Result<(), InvalidText> {
     let reason = if value.is_empty() {
         "is empty"
     } else if value.len() > MAX_LEN {
@@ -25,6 +25,13 @@ pub(crate) fn check(field: &'static str, value: &str) -> Result<(), InvalidText>
         return Ok(());
     };
     Err(InvalidText { field, reason })
+}
+
+/// Whether an indexed column can hold `value` as it is: Postgres text cannot hold NUL, and a
+/// b-tree entry has a size limit. A value that cannot be held is stored as NULL there, never cut
+/// to a prefix, which would make an exact filter match what was never sent.
+pub fn holdable(value: &str) -> bool {
+    value.len() <= MAX_LEN && !value.contains('\0')
 }
 
 macro_rules! identifier {

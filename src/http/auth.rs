@@ -6,9 +6,10 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use super::{ApiError, AppState};
+use crate::changes::Caller;
 
 /// The accepted tokens, held as SHA-256 digests: comparing digests in constant time leaks neither
 /// a token's bytes nor its length, and the tokens themselves are not kept in memory.
@@ -26,15 +27,15 @@ impl ApiTokens {
         Self(tokens.into_iter().map(digest).collect())
     }
 
-    pub fn accepts(&self, token: &str) -> bool {
+    /// Which of the tokens `token` is, if any; every one is compared, in constant time.
+    pub fn find(&self, token: &str) -> Option<usize> {
         let candidate = digest(token);
-        let matched = self
-            .0
-            .iter()
-            .fold(subtle::Choice::from(0), |matched, known| {
-                matched | known.ct_eq(&candidate)
-            });
-        matched.into()
+        let mut found = u32::MAX;
+        for (i, known) in self.0.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            found.conditional_assign(&i, known.ct_eq(&candidate));
+        }
+        (found != u32::MAX).then_some(found as usize)
     }
 }
 
@@ -42,8 +43,9 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Extracting this proves the request carried an accepted `Authorization: Bearer` token.
-pub struct Authenticated;
+/// Extracting this proves the request carried an accepted `Authorization: Bearer` token; it holds
+/// which one, to tell callers apart.
+pub struct Authenticated(pub Caller);
 
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
@@ -64,11 +66,12 @@ impl FromRequestParts<AppState> for Authenticated {
             .ok_or(ApiError::Unauthorized(
                 "`Authorization` must be `Bearer <token>`",
             ))?;
-        if state.tokens.accepts(token) {
-            Ok(Self)
-        } else {
-            Err(ApiError::Unauthorized("the token is not accepted"))
-        }
+        state
+            .settings
+            .tokens
+            .find(token)
+            .map(Self)
+            .ok_or(ApiError::Unauthorized("the token is not accepted"))
     }
 }
 
@@ -79,9 +82,12 @@ mod tests {
     #[test]
     fn accepts_exactly_the_configured_tokens() {
         let tokens = ApiTokens::new(["alpha", "beta"]);
-        assert!(tokens.accepts("alpha") && tokens.accepts("beta"));
+        assert_eq!(
+            (tokens.find("alpha"), tokens.find("beta")),
+            (Some(0), Some(1))
+        );
         for wrong in ["", "alph", "alphaa", "Alpha", "gamma"] {
-            assert!(!tokens.accepts(wrong), "{wrong}");
+            assert_eq!(tokens.find(wrong), None, "{wrong}");
         }
         assert!(!format!("{tokens:?}").contains("alpha"));
     }

@@ -40,6 +40,10 @@ pub enum ApiError {
     /// The route's time bound ran out.
     #[error("{TIMED_OUT}")]
     TimedOut,
+    #[error("the body is larger than this service accepts")]
+    TooLarge,
+    #[error("the body stalled or came too slowly; nothing was recorded")]
+    BodyTooSlow,
 }
 
 impl From<StoreError> for ApiError {
@@ -64,6 +68,8 @@ impl IntoResponse for ApiError {
             Self::Unauthorized(_) | Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable(_) | Self::Busy(_) | Self::TimedOut => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

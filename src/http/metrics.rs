@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, Limits, timeout};
+use super::{AppState, Settings, timeout};
 use crate::domain::Status;
 use crate::metrics;
 
@@ -41,10 +41,10 @@ impl LastCount {
     }
 }
 
-pub fn router(limits: &Limits) -> OpenApiRouter<AppState> {
+pub fn router(settings: &Settings) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(scrape))
-        .layer(timeout(limits.request_timeout))
+        .layer(timeout(settings.request_timeout))
 }
 
 /// Prometheus metrics of this process (README, "Operating it", lists them).
@@ -53,6 +53,7 @@ pub fn router(limits: &Limits) -> OpenApiRouter<AppState> {
         content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 async fn scrape(State(state): State<AppState>) -> Response {
     metrics::waiters(state.changes.count());
+    metrics::body_budget(state.bodies.available());
     let (in_use, idle) = state.store.pool_status();
     metrics::pool(in_use, idle);
     if state.last_count.claim() {

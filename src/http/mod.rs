@@ -3,6 +3,7 @@
 //! `store`.
 
 mod auth;
+mod body;
 mod error;
 mod health;
 mod metrics;
@@ -27,11 +28,31 @@ use tower_http::trace::TraceLayer;
 use crate::changes::Changes;
 use crate::ingest::Writer;
 use crate::store::Store;
+use crate::supervisor::Health;
 use crate::verify::Verifier;
 
 pub use auth::ApiTokens;
+pub use body::BodyBudget;
 pub use error::ApiError;
 pub use server::serve;
+
+/// How the HTTP edge is set up: everything it takes from the settings, in one value.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub tokens: ApiTokens,
+    /// Base of the absolute URLs the service hands out (`next`, `previous`); from the request's
+    /// `Host` when unset.
+    pub public_url: Option<String>,
+    /// Whether `X-Forwarded-Proto` and `X-Forwarded-Host` may say where the client reached us.
+    pub trust_forwarded: bool,
+    /// The bound of every request, and of a request's headers.
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_inflight_body_bytes: usize,
+    pub max_connections: usize,
+    /// The longest an event stream stays open.
+    pub stream_max: Duration,
+}
 
 /// What every handler shares, behind one `Arc`: axum clones the state for each request, and one
 /// reference count to bump is cheaper than one per field (each an atomic the two cores contend for).
@@ -44,33 +65,37 @@ pub struct Shared {
     writer: Writer,
     changes: Changes,
     verifier: Verifier,
-    tokens: ApiTokens,
+    /// The bytes of request bodies held at once.
+    bodies: BodyBudget,
+    /// Whether the workers the service needs are running.
+    health: Health,
     last_count: metrics::LastCount,
-    /// The bound of routes that enforce it themselves rather than through a layer.
-    request_timeout: Duration,
-    /// Base of the absolute URLs the service hands out (`next`, `previous`); from the request's
-    /// `Host` when unset.
-    public_url: Option<String>,
+    settings: Settings,
+}
+
+/// The parts the HTTP edge works with.
+pub struct Parts {
+    pub store: Store,
+    pub writer: Writer,
+    pub changes: Changes,
+    pub verifier: Verifier,
+    pub health: Health,
 }
 
 impl AppState {
-    pub fn new(
-        store: Store,
-        changes: Changes,
-        verifier: Verifier,
-        tokens: ApiTokens,
-        public_url: Option<String>,
-        request_timeout: Duration,
-    ) -> Self {
+    pub fn new(parts: Parts, mut settings: Settings) -> Self {
+        settings.public_url = settings
+            .public_url
+            .map(|url| url.trim_end_matches('/').to_owned());
         Self(Arc::new(Shared {
-            writer: Writer::start(store.clone()),
-            store,
-            changes,
-            verifier,
-            tokens,
+            store: parts.store,
+            writer: parts.writer,
+            changes: parts.changes,
+            verifier: parts.verifier,
+            bodies: BodyBudget::new(settings.max_inflight_body_bytes),
+            health: parts.health,
             last_count: metrics::LastCount::default(),
-            request_timeout,
-            public_url: public_url.map(|url| url.trim_end_matches('/').to_owned()),
+            settings,
         }))
     }
 }
@@ -83,17 +108,13 @@ impl std::ops::Deref for AppState {
     }
 }
 
-pub struct Limits {
-    pub max_body_bytes: usize,
-    pub request_timeout: Duration,
-}
-
-pub fn router(state: AppState, limits: &Limits) -> Router {
+pub fn router(state: AppState) -> Router {
+    let settings = &state.settings;
     let (router, description) = openapi::router()
-        .merge(webhooks::router(limits))
-        .merge(predictions::router(limits))
-        .merge(health::router(limits))
-        .merge(metrics::router(limits))
+        .merge(webhooks::router(settings))
+        .merge(predictions::router(settings))
+        .merge(health::router(settings))
+        .merge(metrics::router(settings))
         .split_for_parts();
     openapi::publish(&description);
     router

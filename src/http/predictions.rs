@@ -23,8 +23,8 @@ use utoipa_axum::routes;
 
 use super::auth::Authenticated;
 use super::error::{PROBLEM_JSON, Problem};
-use super::{ApiError, AppState, Limits, timeout};
-use crate::changes::Registration;
+use super::{ApiError, AppState, Settings, timeout};
+use crate::changes::{Interest, Refused, Registration};
 use crate::domain::PredictionId;
 use crate::store::{Direction, ListQuery, Page, Position, Store, StoredPrediction};
 
@@ -34,12 +34,12 @@ const MAX_LIMIT: u32 = 1000;
 const MAX_WAIT_SECS: u64 = 60;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-pub fn router(limits: &Limits) -> OpenApiRouter<AppState> {
+pub fn router(settings: &Settings) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(list))
-                .layer(timeout(limits.request_timeout)),
+                .layer(timeout(settings.request_timeout)),
         )
         // Bounds itself: see `get_one`.
         .routes(routes!(get_one))
@@ -109,7 +109,7 @@ pub struct PredictionList {
     ),
 )]
 async fn get_one(
-    _: Authenticated,
+    Authenticated(caller): Authenticated,
     State(state): State<AppState>,
     Path(id): Path<String>,
     WaitPreference(wait): WaitPreference,
@@ -117,34 +117,43 @@ async fn get_one(
     // This route's bound lives here rather than in a timeout layer: a layer boxes one more future
     // for every parked wait, and waits are what this route holds by the thousand.
     let id = receivable(id)?;
-    let budget = state.request_timeout + Duration::from_secs(wait.unwrap_or(0));
-    tokio::time::timeout(budget, read_or_wait(&state, &id, wait))
+    let budget = state.settings.request_timeout + Duration::from_secs(wait.unwrap_or(0));
+    tokio::time::timeout(budget, read_or_wait(&state, &id, wait, caller))
         .await
         .map_err(|_| ApiError::TimedOut)?
 }
 
-async fn read_or_wait(state: &AppState, id: &str, wait: Option<u64>) -> Result<Response, ApiError> {
+async fn read_or_wait(
+    state: &AppState,
+    id: &str,
+    wait: Option<u64>,
+    caller: usize,
+) -> Result<Response, ApiError> {
     let Some(wait) = wait else {
         return Ok(answer(state.store.prediction(id).await?, None));
     };
     // Registered before the first read, so a change committed in between still wakes this wait.
-    let Some(mut registration) = state.changes.register(id) else {
+    let Ok(mut registration) = state.changes.register(id, Interest::Terminal, caller) else {
         // Too many waiters already: the state now, and a header that says no wait was applied.
         return Ok(answer(state.store.prediction(id).await?, Some(0)));
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
+        // Read, and let go of, the state: a parked wait holds no body.
         let current = state.store.prediction(id).await?;
         if current.as_ref().is_some_and(StoredPrediction::is_terminal) {
             return Ok(answer(current, Some(wait)));
         }
+        drop(current);
+        // Woken only when a change makes the prediction terminal (or when changes may have been
+        // missed): then it is read again.
         tokio::select! {
-            woken = registration.changed() => if !woken {
-                return Ok(answer(current, Some(wait)));
-            },
-            () = tokio::time::sleep_until(deadline) => return Ok(answer(current, Some(wait))),
+            woken = registration.changed() => if !woken { break },
+            () = tokio::time::sleep_until(deadline) => break,
         }
     }
+    // The state as it is at the deadline (or at shutdown), read again.
+    Ok(answer(state.store.prediction(id).await?, Some(wait)))
 }
 
 /// The id, if a delivery could ever carry it. Any other (empty, over 1024 bytes, with a NUL, which
@@ -239,19 +248,31 @@ fn requested_wait(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     ),
 )]
 async fn events(
-    _: Authenticated,
+    Authenticated(caller): Authenticated,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = receivable(id)?;
-    let registration = state.changes.register(&id).ok_or(ApiError::Busy(
-        "too many requests are waiting on predictions; retry later",
-    ))?;
+    let registration = state
+        .changes
+        .register(&id, Interest::Every, caller)
+        .map_err(|refused| {
+            ApiError::Busy(match refused {
+                Refused::CallerFull => {
+                    "this token has as many requests waiting on predictions as it may; retry later"
+                }
+                Refused::Full | Refused::Closed => {
+                    "too many requests are waiting on predictions; retry later"
+                }
+            })
+        })?;
     let watch = Watch {
         store: state.store.clone(),
         id,
         registration,
         last_sent: None,
+        ends: tokio::time::Instant::now() + state.settings.stream_max,
+        max_secs: state.settings.stream_max.as_secs(),
         phase: Phase::Watching,
     };
     let stream = futures_util::stream::unfold(watch, Watch::next_event);
@@ -263,7 +284,12 @@ struct Watch {
     store: Store,
     id: String,
     registration: Registration,
-    last_sent: Option<String>,
+    /// A digest of the last state sent, to send each state once: not the state itself, which a
+    /// parked stream must not hold.
+    last_sent: Option<u64>,
+    /// When the stream ends, finished or not (`INBOX_STREAM_MAX_SECS`).
+    ends: tokio::time::Instant,
+    max_secs: u64,
     phase: Phase,
 }
 
@@ -276,27 +302,26 @@ enum Phase {
 
 impl Watch {
     async fn next_event(mut self) -> Option<(Result<Event, Infallible>, Self)> {
-        match self.phase {
+        match std::mem::replace(&mut self.phase, Phase::Finished) {
             Phase::Finished => return None,
             Phase::Terminal => {
-                self.phase = Phase::Finished;
                 let done = Event::default()
                     .event("done")
                     .data(serde_json::json!({"id": self.id}).to_string());
                 return Some((Ok(done), self));
             }
-            Phase::Watching => {}
+            Phase::Watching => self.phase = Phase::Watching,
         }
         loop {
             match self.store.prediction(&self.id).await {
-                Ok(Some(current)) if self.last_sent.as_deref() != Some(current.body.as_str()) => {
+                Ok(Some(current)) if self.last_sent != Some(digest(&current.body)) => {
                     if current.is_terminal() {
                         self.phase = Phase::Terminal;
                     }
+                    self.last_sent = Some(digest(&current.body));
                     let event = Event::default()
                         .event("prediction")
                         .data(sse_data(&current.body));
-                    self.last_sent = Some(current.body);
                     return Some((Ok(event), self));
                 }
                 Ok(_) => {}
@@ -306,11 +331,40 @@ impl Watch {
                     return None;
                 }
             }
-            if !self.registration.changed().await {
-                return None;
+            tokio::select! {
+                woken = self.registration.changed() => if !woken {
+                    return self.end("shutdown", "the service is shutting down; reconnect to go on".into());
+                },
+                () = tokio::time::sleep_until(self.ends) => {
+                    let detail = format!(
+                        "the stream reached its longest duration, {} s (INBOX_STREAM_MAX_SECS); reconnect to go on",
+                        self.max_secs
+                    );
+                    return self.end("max_duration", detail);
+                }
             }
         }
     }
+
+    /// The `end` event, which says why the stream closes before its prediction finished.
+    fn end(
+        mut self,
+        reason: &'static str,
+        detail: String,
+    ) -> Option<(Result<Event, Infallible>, Self)> {
+        let end = Event::default().event("end").data(
+            serde_json::json!({"id": self.id, "reason": reason, "detail": detail}).to_string(),
+        );
+        self.phase = Phase::Finished;
+        Some((Ok(end), self))
+    }
+}
+
+fn digest(body: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// SSE cannot carry a carriage return. In valid JSON a raw CR is only ever insignificant
@@ -338,12 +392,15 @@ struct ListParams {
     version: Option<String>,
     /// Only predictions created after this time, RFC 3339
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(format = DateTime)]
     created_after: Option<String>,
     /// Only predictions created before this time, RFC 3339
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(format = DateTime)]
     created_before: Option<String>,
-    /// Page size, 1 to 1000; 100 by default
+    /// Page size; 100 by default
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// Opaque; part of the `next` and `previous` URLs
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -494,9 +551,12 @@ fn timestamp(name: &str, text: &str) -> Result<OffsetDateTime, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("`{name}` must be an RFC 3339 timestamp")))
 }
 
-/// Where the client reached us: the configured public URL, else what its request said.
+/// Where the client reached us: the configured public URL, else what its request said — its
+/// `Host`, and the `X-Forwarded-*` a proxy in front sets only when the operator trusts them (any
+/// client can send them, and a link built from them would point wherever it liked).
 fn base_url(state: &AppState, headers: &HeaderMap) -> String {
-    if let Some(url) = &state.public_url {
+    let settings = &state.settings;
+    if let Some(url) = &settings.public_url {
         return url.to_string();
     }
     let header = |name: &str| {
@@ -507,8 +567,9 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> String {
             .map(str::trim)
             .filter(|value| !value.is_empty())
     };
-    let scheme = header("x-forwarded-proto").unwrap_or("http");
-    match header("x-forwarded-host").or_else(|| header("host")) {
+    let forwarded = |name: &str| header(name).filter(|_| settings.trust_forwarded);
+    let scheme = forwarded("x-forwarded-proto").unwrap_or("http");
+    match forwarded("x-forwarded-host").or_else(|| header("host")) {
         Some(host) => format!("{scheme}://{host}"),
         None => String::new(),
     }

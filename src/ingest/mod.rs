@@ -9,14 +9,12 @@ use std::time::Instant as Started;
 
 use tokio::time::Instant;
 
-use time::OffsetDateTime;
-
-use crate::domain::{InvalidPrediction, Prediction, Progress};
+use crate::domain::{InvalidPrediction, Prediction};
 use crate::metrics;
 use crate::store::{NewDelivery, Outcome, StoreError};
 use crate::verify::Verified;
 
-pub use writer::Writer;
+pub use writer::{BatchWriter, Faults, MAX_BATCH_BYTES, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -35,34 +33,18 @@ pub enum IngestError {
 /// sender's retry then finds as a duplicate).
 pub async fn ingest(
     writer: &Writer,
-    verified: &Verified,
-    body: &[u8],
+    verified: Verified,
+    body: Vec<u8>,
     deadline: Instant,
 ) -> Result<Outcome, IngestError> {
     let started = Started::now();
-    let body = std::str::from_utf8(body).map_err(|_| InvalidPrediction::NotUtf8)?;
-    let prediction = Prediction::parse(body)?;
-    let progress = Progress::new(
-        prediction.status.as_ref(),
-        prediction.logs_len,
-        verified.timestamp,
-    );
+    let body = String::from_utf8(body).map_err(|_| InvalidPrediction::NotUtf8)?;
+    let prediction = Prediction::parse(&body)?;
     let prediction_id = prediction.id.clone();
     let status = prediction.status.clone();
-    let recorded = writer
-        .record(
-            NewDelivery {
-                webhook_id: verified.webhook_id.clone(),
-                webhook_timestamp: verified.timestamp,
-                prediction,
-                progress,
-                body: body.to_owned(),
-                received_at: OffsetDateTime::now_utc(),
-            },
-            deadline,
-        )
-        .await;
-    let outcome = match recorded {
+    let webhook_id = verified.webhook_id.clone();
+    let delivery = NewDelivery::new(prediction, verified.webhook_id, verified.timestamp, body);
+    let outcome = match writer.record(delivery, deadline).await {
         Ok(outcome) => outcome,
         Err(error) => {
             metrics::delivery("error");
@@ -73,7 +55,7 @@ pub async fn ingest(
     metrics::delivery(outcome.as_str());
     tracing::info!(
         prediction_id = %prediction_id,
-        webhook_id = %verified.webhook_id,
+        %webhook_id,
         status = status.as_ref().map(|s| s.as_str()),
         outcome = outcome.as_str(),
         "delivery"

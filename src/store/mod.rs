@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use crate::config::DatabaseUrl;
-use crate::domain::{Prediction, Progress, Status, WebhookId};
+use crate::domain::{Prediction, Progress, Status, WebhookId, holdable};
 
 /// The store the service runs on, shared by every request.
 pub type Store = Arc<dyn Storage>;
@@ -45,18 +45,28 @@ pub trait Storage: Send + Sync + 'static {
     async fn count_by_status(&self) -> Result<Vec<(Option<String>, i64)>, StoreError>;
 
     /// Records a batch of deliveries, and advances each prediction's latest state to the greatest
-    /// progress among them if that is greater than the stored one, in one transaction. The answer
-    /// has one outcome per delivery, in order, as if they had been recorded one after another: a
-    /// second copy of a `webhook-id` is a `Duplicate`, and of several deliveries of one prediction
-    /// at most the greatest is `Applied`. Once it returns, each delivery may be acknowledged;
-    /// each `Applied` change is announced to [`Storage::changes`] once committed. On error, nothing
-    /// of the batch was written. At `deadline` the caller gives up on the batch and answers each
-    /// delivery 503, so nothing of it may commit later than that.
+    /// progress among them if that is greater than the stored one, in one transaction.
+    ///
+    /// Every backend answers the same: one outcome per delivery, in order, exactly as if the batch
+    /// had been recorded one delivery after another in that order. A `webhook-id` recorded before,
+    /// or earlier in the batch, is a `Duplicate`; a delivery that advanced its prediction at its
+    /// turn is `Applied`, even when a later one of the batch advanced it further; any other is
+    /// `Ignored`. The stored state ends the same whatever the order.
+    ///
+    /// Once it returns, each delivery may be acknowledged; each change is announced to
+    /// [`Storage::changes`] once committed. On error, nothing of the batch was written. At
+    /// `deadline` the caller gives up on the batch and answers each delivery 503, so nothing of it
+    /// may commit later than that.
     async fn record(
         &self,
         batch: &[NewDelivery],
         deadline: Instant,
     ) -> Result<Vec<Outcome>, StoreError>;
+
+    /// Fills in, for the next slice of predictions stored before a column of the latest-state
+    /// order existed, what that column holds; `false` once every prediction has it. Each slice is
+    /// one short transaction, so ingest never waits on it for long.
+    async fn backfill(&self) -> Result<bool, StoreError>;
 
     /// A prediction's latest state.
     async fn prediction(&self, id: &str) -> Result<Option<StoredPrediction>, StoreError>;
@@ -72,12 +82,35 @@ pub trait Storage: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// Ids of predictions whose change was committed, in commit order.
+/// Committed changes of predictions, in commit order.
 #[async_trait::async_trait]
 pub trait ChangeFeed: Send {
-    /// The next id; `None` when changes may have been missed (a lost connection, a slow reader),
-    /// after which the feed goes on and the caller should re-read whatever it cares about.
-    async fn next(&mut self) -> Result<Option<String>, StoreError>;
+    /// The next change; `None` when changes may have been missed (a lost connection, a slow
+    /// reader), after which the feed goes on and the caller should re-read whatever it cares about.
+    async fn next(&mut self) -> Result<Option<Change>, StoreError>;
+}
+
+/// One prediction's state advanced, and whether it is now terminal: what a waiter needs to know
+/// whether to read it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub id: String,
+    pub terminal: bool,
+}
+
+impl Change {
+    /// From a notification's payload: `t` (terminal) or `p`, then the id.
+    pub fn decode(payload: &str) -> Option<Self> {
+        let terminal = match payload.as_bytes().first()? {
+            b't' => true,
+            b'p' => false,
+            _ => return None,
+        };
+        Some(Self {
+            id: payload[1..].to_owned(),
+            terminal,
+        })
+    }
 }
 
 /// Opens the store a URL names, without migrating: one connection up front, so a wrong URL fails
@@ -102,6 +135,12 @@ fn pool_status<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> (u32, usize) {
 pub enum StoreError {
     #[error("the database is unavailable: {0}")]
     Unavailable(#[from] sqlx::Error),
+    /// The database refused the statement for what it was given: a value it cannot hold, a
+    /// constraint, a size limit.
+    #[error("the database refused the write: {0}")]
+    Refused(sqlx::Error),
+    #[error("recording the batch panicked; nothing of it was recorded")]
+    Panicked,
     #[error("the write did not commit before the request's deadline; it was rolled back")]
     Deadline,
     #[error("migrations failed: {0}")]
@@ -111,6 +150,14 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+}
+
+impl StoreError {
+    /// Whether what one delivery of a batch holds may have caused this, rather than the database
+    /// being out of reach: then recording the batch in parts finds the one at fault.
+    pub fn may_be_the_data(&self) -> bool {
+        matches!(self, Self::Refused(_) | Self::Panicked)
+    }
 }
 
 /// What recording one delivery did.
@@ -138,9 +185,8 @@ impl Outcome {
 /// A verified, parsed delivery ready to be written.
 #[derive(Debug)]
 pub struct NewDelivery {
-    pub webhook_id: WebhookId,
-    pub webhook_timestamp: i64,
     pub prediction: Prediction,
+    /// Its place in the latest-state order, which holds its `webhook-id` and `webhook-timestamp`.
     pub progress: Progress,
     /// The exact body received.
     pub body: String,
@@ -148,13 +194,49 @@ pub struct NewDelivery {
 }
 
 impl NewDelivery {
+    pub fn new(
+        prediction: Prediction,
+        webhook_id: WebhookId,
+        timestamp: i64,
+        body: String,
+    ) -> Self {
+        Self {
+            progress: Progress::of(&prediction, webhook_id, timestamp),
+            prediction,
+            body,
+            received_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    pub fn webhook_id(&self) -> &WebhookId {
+        &self.progress.webhook_id
+    }
+
+    /// `webhook-timestamp`, Unix seconds.
+    pub fn webhook_timestamp(&self) -> i64 {
+        self.progress.timestamp
+    }
+
     /// The list's sort key: the object's `created_at`, or when it was first received if it has none.
     fn created_at(&self) -> OffsetDateTime {
         self.prediction.created_at.unwrap_or(self.received_at)
     }
 
+    /// The indexed columns, each as sent if the column can hold it, else NULL.
     fn status(&self) -> Option<&str> {
-        self.prediction.status.as_ref().map(|s| s.as_str())
+        self.prediction
+            .status
+            .as_ref()
+            .map(|s| s.as_str())
+            .filter(|s| holdable(s))
+    }
+
+    fn model(&self) -> Option<&str> {
+        self.prediction.model.as_deref().filter(|s| holdable(s))
+    }
+
+    fn version(&self) -> Option<&str> {
+        self.prediction.version.as_deref().filter(|s| holdable(s))
     }
 }
 

@@ -12,11 +12,13 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use time::OffsetDateTime;
-use tokio::sync::broadcast;
+use tokio::sync::{Mutex, broadcast};
 use tokio::time::Instant;
 
+use crate::domain::Prediction;
 use crate::store::{
-    self, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage, StoreError, StoredPrediction,
+    self, Change, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage, StoreError,
+    StoredPrediction,
     keyset::{self, StatusIndex},
 };
 
@@ -33,7 +35,9 @@ pub struct Sqlite {
     /// quicker than spinning on the file lock.
     writer: SqlitePool,
     readers: SqlitePool,
-    changes: broadcast::Sender<String>,
+    changes: broadcast::Sender<Change>,
+    /// The last rowid of `predictions` the backfill has been through; `None` once it is done.
+    backfilled: Mutex<Option<i64>>,
 }
 
 impl Sqlite {
@@ -71,6 +75,7 @@ impl Sqlite {
             writer,
             readers,
             changes: broadcast::channel(CHANGES_BACKLOG).0,
+            backfilled: Mutex::new(Some(0)),
         })
     }
 }
@@ -85,6 +90,7 @@ impl Storage for Sqlite {
         sqlx::migrate!("./migrations/sqlite")
             .run(&self.writer)
             .await?;
+        self.measure_predictions_in_flight().await?;
         Ok(())
     }
 
@@ -119,18 +125,58 @@ impl Storage for Sqlite {
         let mut tx = self.writer.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for delivery in batch {
-            outcomes.push(record_one(&mut tx, delivery).await?);
+            let outcome = record_one(&mut tx, delivery).await.map_err(|error| {
+                if refused_for_the_data(&error) {
+                    StoreError::Refused(error)
+                } else {
+                    error.into()
+                }
+            })?;
+            outcomes.push(outcome);
         }
         tx.commit().await?;
         for (delivery, outcome) in batch.iter().zip(&outcomes) {
             if *outcome == Outcome::Applied {
                 // Nobody listening is not an error.
-                let _ = self
-                    .changes
-                    .send(delivery.prediction.id.as_str().to_owned());
+                let _ = self.changes.send(Change {
+                    id: delivery.prediction.id.as_str().to_owned(),
+                    terminal: delivery.progress.is_terminal(),
+                });
             }
         }
         Ok(outcomes)
+    }
+
+    /// A thousand rows at a time, by rowid, through the one writer. The predictions in flight had
+    /// theirs measured at start; a terminal state's output counts as 0.
+    async fn backfill(&self) -> Result<bool, StoreError> {
+        let mut cursor = self.backfilled.lock().await;
+        let Some(after) = *cursor else {
+            return Ok(false);
+        };
+        let mut tx = self.writer.begin().await?;
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT max(rowid) FROM \
+             (SELECT rowid FROM predictions WHERE rowid > $1 ORDER BY rowid LIMIT 1000)",
+        )
+        .bind(after)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(last) = last {
+            sqlx::query(&format!(
+                "UPDATE predictions SET progress_output = coalesce(progress_output, 0), \
+                 latest_delivery = coalesce(latest_delivery, {LATEST_APPLIED}) \
+                 WHERE rowid > $1 AND rowid <= $2 \
+                 AND (progress_output IS NULL OR latest_delivery IS NULL)"
+            ))
+            .bind(after)
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        *cursor = last;
+        Ok(last.is_some())
     }
 
     async fn prediction(&self, id: &str) -> Result<Option<StoredPrediction>, StoreError> {
@@ -182,9 +228,9 @@ async fn record_one(
             (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body) \
          VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (webhook_id) DO NOTHING",
     )
-    .bind(delivery.webhook_id.as_str())
+    .bind(delivery.webhook_id().as_str())
     .bind(delivery.prediction.id.as_str())
-    .bind(delivery.webhook_timestamp)
+    .bind(delivery.webhook_timestamp())
     .bind(received_at)
     .bind(&delivery.body)
     .execute(&mut *tx)
@@ -196,12 +242,14 @@ async fn record_one(
     let applied = sqlx::query(UPSERT)
         .bind(delivery.prediction.id.as_str())
         .bind(delivery.status())
-        .bind(delivery.prediction.model.as_deref())
-        .bind(delivery.prediction.version.as_deref())
+        .bind(delivery.model())
+        .bind(delivery.version())
         .bind(micros(delivery.created_at()))
         .bind(delivery.progress.rank)
         .bind(delivery.progress.logs_len)
+        .bind(delivery.progress.output_len)
         .bind(delivery.progress.timestamp)
+        .bind(delivery.webhook_id().as_str())
         .bind(received_at)
         .bind(&delivery.body)
         .execute(&mut *tx)
@@ -211,7 +259,7 @@ async fn record_one(
         return Ok(Outcome::Ignored);
     }
     sqlx::query("UPDATE deliveries SET applied = 1 WHERE webhook_id = $1")
-        .bind(delivery.webhook_id.as_str())
+        .bind(delivery.webhook_id().as_str())
         .execute(&mut *tx)
         .await?;
     Ok(Outcome::Applied)
@@ -219,23 +267,75 @@ async fn record_one(
 
 /// Replaces the stored state only when the delivery's progress key is greater; changes nothing
 /// (and counts no change) otherwise. `created_at` is never changed once set: it is the sort key.
+/// A key column still NULL (stored before it existed, see `backfill`) belongs to a terminal state,
+/// whose output counts as 0; its webhook id as the least.
 const UPSERT: &str = r#"
 INSERT INTO predictions
-    (id, status, model, version, created_at,
-     progress_rank, progress_logs, progress_timestamp, updated_at, body)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    (id, status, model, version, created_at, progress_rank, progress_logs, progress_output,
+     progress_timestamp, latest_delivery, updated_at, body)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (id) DO UPDATE SET
     status = excluded.status,
     model = excluded.model,
     version = excluded.version,
     progress_rank = excluded.progress_rank,
     progress_logs = excluded.progress_logs,
+    progress_output = excluded.progress_output,
     progress_timestamp = excluded.progress_timestamp,
+    latest_delivery = excluded.latest_delivery,
     updated_at = excluded.updated_at,
     body = excluded.body
-WHERE (predictions.progress_rank, predictions.progress_logs, predictions.progress_timestamp)
-    < (excluded.progress_rank, excluded.progress_logs, excluded.progress_timestamp)
+WHERE (predictions.progress_rank, predictions.progress_logs,
+       coalesce(predictions.progress_output, 0), predictions.progress_timestamp,
+       coalesce(predictions.latest_delivery, ''))
+    < (excluded.progress_rank, excluded.progress_logs, excluded.progress_output,
+       excluded.progress_timestamp, excluded.latest_delivery)
 "#;
+
+/// The delivery a prediction's stored state stands on: its last applied one.
+const LATEST_APPLIED: &str = "(SELECT d.webhook_id FROM deliveries AS d \
+     WHERE d.prediction_id = predictions.id AND d.applied = 1 \
+     ORDER BY d.received_at DESC, d.webhook_id DESC LIMIT 1)";
+
+impl Sqlite {
+    /// Fills in the order's newer columns for the predictions still in flight, measuring each
+    /// stored body's output: they are few, and their next delivery compares with them. (A
+    /// terminal state's output counts as 0, so the rest can wait for `backfill`.)
+    async fn measure_predictions_in_flight(&self) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, body FROM predictions \
+             WHERE progress_output IS NULL AND progress_rank < 2",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, body) in rows {
+            let output_len = Prediction::parse(&body).map_or(0, |p| p.output_len);
+            sqlx::query(&format!(
+                "UPDATE predictions SET progress_output = $1, latest_delivery = {LATEST_APPLIED} \
+                 WHERE id = $2"
+            ))
+            .bind(i64::try_from(output_len).unwrap_or(i64::MAX))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Whether SQLite refused a statement for the values it was given (the primary result codes
+/// `SQLITE_TOOBIG`, `SQLITE_CONSTRAINT`, `SQLITE_MISMATCH`, `SQLITE_RANGE`) rather than for the
+/// state of the file or its locks.
+fn refused_for_the_data(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(e) = error else {
+        return false;
+    };
+    e.code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 18 | 19 | 20 | 25))
+}
 
 /// Unix microseconds: Postgres' precision, truncated as sqlx truncates for Postgres.
 fn micros(time: OffsetDateTime) -> i64 {
@@ -266,11 +366,11 @@ impl Row {
 }
 
 /// Changes committed by this process, as it commits them.
-struct InProcess(broadcast::Receiver<String>);
+struct InProcess(broadcast::Receiver<Change>);
 
 #[async_trait::async_trait]
 impl ChangeFeed for InProcess {
-    async fn next(&mut self) -> Result<Option<String>, StoreError> {
+    async fn next(&mut self) -> Result<Option<Change>, StoreError> {
         match self.0.recv().await {
             Ok(id) => Ok(Some(id)),
             Err(broadcast::error::RecvError::Lagged(_)) => Ok(None),

@@ -19,7 +19,7 @@ use serde_json::Value;
 use sqlx::{Connection, Executor, PgConnection, PgPool, SqlitePool};
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-pub const TOKEN: &str = "test-token";
+pub const TOKEN: &str = "test-token-0123456789";
 
 /// A database created for one test and dropped after it.
 pub struct TestDatabase {
@@ -306,6 +306,18 @@ pub fn new_webhook_id() -> String {
     format!("msg_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
+/// The three webhook headers of HTTP/1.1, each line ended: well formed, timestamped now, with a
+/// `v1` signature of the right length that matches nothing — what anyone who knows only the URL
+/// can send.
+pub fn plausible_headers() -> String {
+    format!(
+        "webhook-id: {}\r\nwebhook-timestamp: {}\r\nwebhook-signature: v1,{}\r\n",
+        new_webhook_id(),
+        now(),
+        "A".repeat(43) + "="
+    )
+}
+
 /// One delivery as the platform would send it.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -340,6 +352,11 @@ impl TestApp {
     /// A second replica sharing this one's database.
     pub async fn another_instance(&self) -> Instance {
         start(&self.store.url(), &[]).await
+    }
+
+    /// A second replica sharing this one's database, with some settings of its own.
+    pub async fn another_instance_with(&self, overrides: &[(&str, &str)]) -> Instance {
+        start(&self.store.url(), overrides).await
     }
 
     /// The Postgres database and a pool onto it, for tests of what only Postgres does.

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
-use super::CHANGES_CHANNEL;
-use crate::store::{ChangeFeed, StoreError};
+use super::{CHANGES_CHANNEL, LEGACY_CHANGES_CHANNEL};
+use crate::store::{Change, ChangeFeed, StoreError};
 
 /// A dedicated connection LISTENing for committed changes.
 pub struct ChangeListener(PgListener);
@@ -22,7 +22,9 @@ impl ChangeListener {
             .connect_with((*requests.connect_options()).clone())
             .await?;
         let mut listener = PgListener::connect_with(&pool).await?;
-        listener.listen(CHANGES_CHANNEL).await?;
+        listener
+            .listen_all([CHANGES_CHANNEL, LEGACY_CHANGES_CHANNEL])
+            .await?;
         Ok(Self(listener))
     }
 }
@@ -31,11 +33,22 @@ impl ChangeListener {
 impl ChangeFeed for ChangeListener {
     /// `None` when the connection was lost and has been re-established, listening again: changes
     /// in the gap were not heard.
-    async fn next(&mut self) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .0
-            .try_recv()
-            .await?
-            .map(|notification| notification.payload().to_owned()))
+    async fn next(&mut self) -> Result<Option<Change>, StoreError> {
+        loop {
+            let Some(notification) = self.0.try_recv().await? else {
+                return Ok(None);
+            };
+            let payload = notification.payload();
+            if notification.channel() == LEGACY_CHANGES_CHANNEL {
+                return Ok(Some(Change {
+                    id: payload.to_owned(),
+                    terminal: true,
+                }));
+            }
+            // Only the service notifies on this channel; anything else is not a change of ours.
+            if let Some(change) = Change::decode(payload) {
+                return Ok(Some(change));
+            }
+        }
     }
 }

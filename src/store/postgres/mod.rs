@@ -24,8 +24,12 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A statement running longer than this is cancelled by the server.
 const STATEMENT_TIMEOUT: &str = "10s";
 
-/// The channel on which a committed change of a prediction is announced; the payload is its id.
-const CHANGES_CHANNEL: &str = "prediction_inbox_changes";
+/// The channel on which a committed change of a prediction is announced; the payload is `t`
+/// (terminal) or `p`, then its id (see `store::Change`).
+const CHANGES_CHANNEL: &str = "prediction_inbox_state";
+/// Where replicas of versions before 2026-12 announce changes, the payload the id alone: heard
+/// during a rolling upgrade, as changes that may be terminal.
+const LEGACY_CHANGES_CHANNEL: &str = "prediction_inbox_changes";
 
 /// A prediction's columns as it is read: its body is that of the delivery it points at, which
 /// holds its latest state (see the migration `predictions_point_at_their_delivery`).
@@ -37,6 +41,25 @@ macro_rules! columns {
     };
 }
 
+/// The byte length of `output` in a prediction's stored state, as the latest-state order counts
+/// it: measured from its body for a row stored before the column existed (NULL; see the
+/// migration `one_total_order`), 0 once terminal.
+macro_rules! stored_output {
+    ($row:literal) => {
+        concat!(
+            "coalesce(",
+            $row,
+            ".progress_output, CASE WHEN ",
+            $row,
+            ".progress_rank = 2 THEN 0 ELSE \
+             (SELECT coalesce(octet_length((s.body::json -> 'output')::text), 0) \
+              FROM deliveries AS s WHERE s.webhook_id = ",
+            $row,
+            ".latest_delivery) END)"
+        )
+    };
+}
+
 pub struct Postgres {
     pool: PgPool,
     /// The connection batches are written on, kept from one batch to the next and opened again
@@ -44,6 +67,8 @@ pub struct Postgres {
     /// connection it takes back; and as the pool hands out its idle connections in turn, batches
     /// went round all of its backends. Nor do writes ever wait behind reads for a connection.
     writes: Mutex<Option<PgConnection>>,
+    /// The last id of `predictions` the backfill has been through; `None` once it is done.
+    backfilled: Mutex<Option<String>>,
 }
 
 impl Postgres {
@@ -64,6 +89,8 @@ impl Postgres {
         Ok(Self {
             pool,
             writes: Mutex::new(None),
+            // Every id is greater than the empty string.
+            backfilled: Mutex::new(Some(String::new())),
         })
     }
 }
@@ -122,7 +149,9 @@ impl Storage for Postgres {
     /// Records the batch on the assumption that none of it was seen before, which is nearly
     /// always true. A delivery seen before breaks the deliveries' primary key, which undoes the
     /// attempt; the next one reads which of the batch's ids are recorded and leaves them out.
-    /// Only a copy committed by another batch in between can break it again.
+    /// Only a copy committed by another batch in between can break it again. A prediction the
+    /// batch meant to create, created by another batch in between, undoes the attempt too (see
+    /// `RECORD`); the next attempt finds it.
     async fn record(
         &self,
         batch: &[NewDelivery],
@@ -132,18 +161,46 @@ impl Storage for Postgres {
         let mut attempt = 1;
         loop {
             match self.record_new(Plan::new(batch, &seen), deadline).await {
-                Err(sqlx::Error::Database(e))
-                    if e.constraint() == Some(DELIVERIES_KEY) && attempt < MAX_ATTEMPTS =>
-                {
+                Err(sqlx::Error::Database(e)) if attempt < MAX_ATTEMPTS => {
+                    if e.constraint() == Some(DELIVERIES_KEY) {
+                        let ids: Vec<&str> =
+                            batch.iter().map(|d| d.webhook_id().as_str()).collect();
+                        seen = self
+                            .live(|| sqlx::query_scalar(SEEN).bind(&ids).fetch_all(&self.pool))
+                            .await?;
+                    } else if e.code().as_deref() != Some(SERIALIZATION_FAILURE) {
+                        return Err(sqlx::Error::Database(e).into());
+                    }
                     attempt += 1;
-                    let ids: Vec<&str> = batch.iter().map(|d| d.webhook_id.as_str()).collect();
-                    seen = self
-                        .live(|| sqlx::query_scalar(SEEN).bind(&ids).fetch_all(&self.pool))
-                        .await?;
                 }
-                recorded => return Ok(recorded?),
+                recorded => {
+                    return recorded.map_err(|error| {
+                        if refused_for_the_data(&error) {
+                            StoreError::Refused(error)
+                        } else {
+                            error.into()
+                        }
+                    });
+                }
             }
         }
+    }
+
+    async fn backfill(&self) -> Result<bool, StoreError> {
+        let mut cursor = self.backfilled.lock().await;
+        let Some(after) = cursor.clone() else {
+            return Ok(false);
+        };
+        let last: Option<String> = self
+            .live(|| {
+                sqlx::query_scalar(BACKFILL)
+                    .bind(&after)
+                    .fetch_one(&self.pool)
+            })
+            .await?;
+        let more = last.is_some();
+        *cursor = last;
+        Ok(more)
     }
 
     async fn prediction(&self, id: &str) -> Result<Option<StoredPrediction>, StoreError> {
@@ -206,19 +263,20 @@ impl Postgres {
         if rows.is_empty() {
             return Ok(plan.outcomes());
         }
-        let webhook_ids = column(&rows, |d| d.webhook_id.as_str());
+        let webhook_ids = column(&rows, |d| d.webhook_id().as_str());
         let prediction_ids = column(&rows, |d| d.prediction.id.as_str());
-        let timestamps = column(&rows, |d| d.webhook_timestamp);
+        let timestamps = column(&rows, NewDelivery::webhook_timestamp);
         let received_at = column(&rows, |d| d.received_at);
         let bodies = column(&rows, |d| d.body.as_str());
         let offered = plan.offered();
+        let leads = plan.leads();
         let statuses = column(&rows, NewDelivery::status);
-        let models = column(&rows, |d| d.prediction.model.as_deref());
-        let versions = column(&rows, |d| d.prediction.version.as_deref());
+        let models = column(&rows, NewDelivery::model);
+        let versions = column(&rows, NewDelivery::version);
         let created_at = column(&rows, NewDelivery::created_at);
         let ranks = column(&rows, |d| d.progress.rank);
         let logs = column(&rows, |d| d.progress.logs_len);
-        let progress_timestamps = column(&rows, |d| d.progress.timestamp);
+        let outputs = column(&rows, |d| d.progress.output_len);
         let applied: Vec<String> = self
             .live(|| async {
                 let mut kept = self.writes.lock().await;
@@ -248,13 +306,14 @@ impl Postgres {
                     .bind(&received_at)
                     .bind(&bodies)
                     .bind(&offered)
+                    .bind(&leads)
                     .bind(&statuses)
                     .bind(&models)
                     .bind(&versions)
                     .bind(&created_at)
                     .bind(&ranks)
                     .bind(&logs)
-                    .bind(&progress_timestamps)
+                    .bind(&outputs)
                     .bind(CHANGES_CHANNEL)
                     .bind(time_left(deadline))
                     .fetch_one(&mut connection)
@@ -308,6 +367,19 @@ fn connection_lost(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether the server refused a statement for the values it was given (SQLSTATE classes 22, data
+/// exception; 23, integrity constraint; 54, program limit exceeded) rather than for its own state.
+fn refused_for_the_data(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(e) = error else {
+        return false;
+    };
+    e.code().is_some_and(|code| {
+        ["22", "23", "54"]
+            .iter()
+            .any(|class| code.starts_with(class))
+    })
+}
+
 /// Whether a connection may run the next statement after `outcome`: after an answer, or an error
 /// the server sent in answer (it is then ready for the next); not once the connection itself has
 /// failed, which a pooled connection's ping on its return used to catch.
@@ -334,8 +406,36 @@ fn column<'a, T>(deliveries: &[&'a NewDelivery], field: impl Fn(&'a NewDelivery)
 const DELIVERIES_KEY: &str = "deliveries_pkey";
 
 /// Attempts at a batch: one on the assumption that it is all new, one without the ids then
-/// recorded, and one more should another batch commit a copy of one in between.
+/// recorded, and one more should another batch commit a copy of one, or create one of its
+/// predictions, in between.
 const MAX_ATTEMPTS: usize = 3;
+
+/// What `prediction_inbox_batch_done` raises when another batch created one of the batch's
+/// predictions while it ran.
+const SERIALIZATION_FAILURE: &str = "40001";
+
+/// The next thousand predictions after `$1` by id: those stored before `progress_output` existed
+/// get it, measured from their body (see `stored_output!`). Their rows are locked in id order, the
+/// order batches lock them in. Answers the last id of the slice, or NULL past the last.
+const BACKFILL: &str = concat!(
+    r#"
+WITH slice AS (
+    SELECT id FROM predictions WHERE id > $1 ORDER BY id LIMIT 1000
+), unmeasured AS (
+    SELECT p.id FROM predictions AS p
+    WHERE p.id IN (SELECT id FROM slice) AND p.progress_output IS NULL
+    ORDER BY p.id
+    FOR UPDATE
+), measured AS (
+    UPDATE predictions AS p SET progress_output = "#,
+    stored_output!("p"),
+    r#"
+    FROM unmeasured AS u WHERE p.id = u.id
+    RETURNING 1
+)
+SELECT max(id) FROM slice WHERE (SELECT count(*) FROM measured) >= 0
+"#
+);
 
 /// Which of the batch's `webhook-id`s are recorded.
 const SEEN: &str = "SELECT webhook_id FROM deliveries WHERE webhook_id = ANY($1)";
@@ -344,55 +444,86 @@ const SEEN: &str = "SELECT webhook_id FROM deliveries WHERE webhook_id = ANY($1)
 ///
 /// It runs in this order, which every batch follows, so that overlapping batches take their locks
 /// in one order and cannot deadlock:
-/// 1. the upsert (`latest`), locking prediction rows in id order, and its notifications: the
-///    final query's `FROM` reads all of them before anything else;
-/// 2. the deliveries' insert (`recorded`), locking delivery keys in id order, with `applied` from
-///    the upsert's answer: the final projection counts its rows;
-/// 3. the deadline check (migrations/postgres), which takes both results as arguments. It fails
-///    the statement if the batch ran past its deadline, so nothing of it commits.
+/// 1. `locked`: the stored states of the batch's predictions, locked in id order, so that nothing
+///    changes them before this statement has written. `compared` sets each new delivery against
+///    its prediction's state: whether it beats it;
+/// 2. the upsert (`latest`) of each prediction's offered delivery, if it beats the stored state,
+///    in id order, and its notifications: `decided` reads all of it before the next step;
+/// 3. the deliveries' insert (`recorded`), locking delivery keys in id order, each `applied` if
+///    it led its prediction in the batch at its turn and beat the stored state (src/store/postgres
+///    /plan.rs): the answers of serial recording;
+/// 4. the check (migrations/postgres, `prediction_inbox_batch_done`), which takes the results as
+///    arguments. It fails the statement if the batch ran past its deadline, so nothing of it
+///    commits; or if a prediction it meant to create was created by another batch after step 1,
+///    whose state the answers were not decided against.
 ///
-/// At most one row per prediction is offered (Postgres refuses to update one row twice in a
-/// statement). Concurrent batches serialise on each prediction's row; the guard is re-checked
-/// against the newest version, so none is lost and none regresses it. `created_at` is never
-/// changed once set: it is the sort key. The notifications are delivered only if the statement
-/// commits, so a woken waiter always finds the new state.
-const RECORD: &str = r#"
+/// Concurrent batches serialise on each prediction's row; the upsert's guard is checked against
+/// the newest version, so none is lost and none regresses it. `created_at` is never changed once
+/// set: it is the sort key. The notifications, `t` or `p` (terminal or not) and the id, are
+/// delivered only if the statement commits, so a woken waiter always finds the new state.
+const RECORD: &str = concat!(
+    r#"
 WITH d AS (
-    SELECT webhook_id, prediction_id, webhook_timestamp, received_at, body,
-           offered, status, model, version, created_at, rank, logs, ts
-    FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::timestamptz[], $5::text[],
-                $6::bool[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
-                $11::int2[], $12::int8[], $13::int8[])
-        AS d (webhook_id, prediction_id, webhook_timestamp, received_at, body,
-              offered, status, model, version, created_at, rank, logs, ts)
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::timestamptz[], $5::text[],
+                         $6::bool[], $7::bool[], $8::text[], $9::text[], $10::text[],
+                         $11::timestamptz[], $12::int2[], $13::int8[], $14::int8[])
+        AS d (webhook_id, prediction_id, ts, received_at, body,
+              offered, leads, status, model, version, created_at, rank, logs, output)
+), locked AS (
+    SELECT p.id, p.progress_rank AS rank, p.progress_logs AS logs, "#,
+    stored_output!("p"),
+    r#" AS output,
+           p.progress_timestamp AS ts, p.latest_delivery AS webhook_id
+    FROM predictions AS p
+    WHERE p.id IN (SELECT prediction_id FROM d WHERE offered)
+    ORDER BY p.id
+    FOR UPDATE
+), compared AS (
+    SELECT d.*, l.id IS NULL AS new_prediction,
+           l.id IS NULL OR (l.rank, l.logs, l.output, l.ts, l.webhook_id)
+                         < (d.rank, d.logs, d.output, d.ts, d.webhook_id) AS beats_stored
+    FROM d LEFT JOIN locked AS l ON l.id = d.prediction_id
 ), latest AS (
     INSERT INTO predictions AS p
-        (id, status, model, version, created_at,
-         progress_rank, progress_logs, progress_timestamp, updated_at, latest_delivery)
-    SELECT prediction_id, status, model, version, created_at, rank, logs, ts, received_at, webhook_id
-    FROM d WHERE offered ORDER BY prediction_id
+        (id, status, model, version, created_at, progress_rank, progress_logs, progress_output,
+         progress_timestamp, updated_at, latest_delivery)
+    SELECT prediction_id, status, model, version, created_at, rank, logs, output,
+           ts, received_at, webhook_id
+    FROM compared WHERE offered AND beats_stored ORDER BY prediction_id
     ON CONFLICT (id) DO UPDATE SET
         status = excluded.status,
         model = excluded.model,
         version = excluded.version,
         progress_rank = excluded.progress_rank,
         progress_logs = excluded.progress_logs,
+        progress_output = excluded.progress_output,
         progress_timestamp = excluded.progress_timestamp,
         updated_at = excluded.updated_at,
         latest_delivery = excluded.latest_delivery
-    WHERE (p.progress_rank, p.progress_logs, p.progress_timestamp)
-        < (excluded.progress_rank, excluded.progress_logs, excluded.progress_timestamp)
-    RETURNING id
+    WHERE (p.progress_rank, p.progress_logs, "#,
+    stored_output!("p"),
+    r#", p.progress_timestamp, p.latest_delivery)
+        < (excluded.progress_rank, excluded.progress_logs, excluded.progress_output,
+           excluded.progress_timestamp, excluded.latest_delivery)
+    RETURNING id, progress_rank, xmax = 0 AS inserted
+), decided AS (
+    SELECT c.webhook_id, c.leads AND c.beats_stored AS applied,
+           c.offered AND c.new_prediction AND NOT coalesce(n.inserted, false) AS raced
+    FROM compared AS c LEFT JOIN latest AS n ON n.id = c.prediction_id
 ), recorded AS (
     INSERT INTO deliveries
         (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body)
-    SELECT webhook_id, prediction_id, webhook_timestamp, received_at,
-           offered AND prediction_id IN (SELECT id FROM latest), body
-    FROM d ORDER BY webhook_id
-    RETURNING 1
+    SELECT c.webhook_id, c.prediction_id, c.ts, c.received_at, x.applied, c.body
+    FROM compared AS c JOIN decided AS x USING (webhook_id)
+    ORDER BY c.webhook_id
+    RETURNING webhook_id, applied
 ), announced AS MATERIALIZED (
-    SELECT id, pg_notify($14, id) FROM latest
+    SELECT pg_notify($15, CASE WHEN progress_rank = 2 THEN 't' ELSE 'p' END || id) FROM latest
 )
-SELECT prediction_inbox_before_deadline($15, changed, (SELECT count(*) FROM recorded))
-FROM (SELECT coalesce(array_agg(id), '{}') FROM announced) AS upserted (changed)
-"#;
+SELECT prediction_inbox_batch_done($16, applied, raced)
+FROM (SELECT coalesce(array_agg(webhook_id) FILTER (WHERE applied), '{}') FROM recorded)
+        AS r (applied),
+     (SELECT count(*) FILTER (WHERE raced) FROM decided) AS x (raced),
+     (SELECT count(*) FROM announced) AS a (notified)
+"#
+);

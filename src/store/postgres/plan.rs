@@ -2,14 +2,18 @@
 //! deliveries had been recorded one after another, in order:
 //!
 //! - a `webhook-id` recorded before is a duplicate, and so is every copy of one after the first;
-//! - of several new deliveries of one prediction, only the greatest by the latest-state order is
-//!   offered to the upsert (the first of equals, as serially the later would not supersede it);
-//!   the others are recorded, but ignored — which is what they would be after it.
+//! - of the new deliveries of one prediction, a delivery *leads* when it is greater, by the
+//!   latest-state order, than every one before it in the batch: at its turn it advanced the state
+//!   if it was also greater than the stored one, which only the statement knows. So the statement
+//!   is told which lead, and answers which of them beat the stored state;
+//! - only the greatest of a prediction's new deliveries is offered to the upsert (Postgres refuses
+//!   to update one row twice in a statement); it is the last leader, and the state it leaves is the
+//!   one serial recording would have left.
 //!
 //! Rows are offered in key order (webhook ids for the insert, prediction ids for the upsert), so
 //! two batches that overlap take their row locks in the same order and cannot deadlock.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use crate::store::{NewDelivery, Outcome};
 
@@ -18,6 +22,8 @@ pub struct Plan<'a> {
     outcomes: Vec<Outcome>,
     /// The first copy of each new `webhook-id`, by `webhook-id`.
     new: Vec<usize>,
+    /// Whether each delivery of the batch leads its prediction at its turn (see the module's docs).
+    leads: Vec<bool>,
     /// Whether each delivery of the batch is offered to the upsert: at most one per prediction.
     offered: Vec<bool>,
 }
@@ -27,26 +33,24 @@ impl<'a> Plan<'a> {
     pub fn new(batch: &'a [NewDelivery], seen: &[String]) -> Self {
         let seen: HashSet<&str> = seen.iter().map(String::as_str).collect();
         let mut new: Vec<usize> = (0..batch.len())
-            .filter(|&i| !seen.contains(batch[i].webhook_id.as_str()))
+            .filter(|&i| !seen.contains(batch[i].webhook_id().as_str()))
             .collect();
         // Stable: among copies of one id the first stays first, and `dedup_by` keeps it.
-        new.sort_by(|&a, &b| batch[a].webhook_id.cmp(&batch[b].webhook_id));
-        new.dedup_by(|later, first| batch[*later].webhook_id == batch[*first].webhook_id);
+        new.sort_by(|&a, &b| batch[a].webhook_id().cmp(batch[b].webhook_id()));
+        new.dedup_by(|later, first| batch[*later].webhook_id() == batch[*first].webhook_id());
 
         let mut outcomes = vec![Outcome::Duplicate; batch.len()];
-        let mut greatest: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut leads = vec![false; batch.len()];
+        let mut greatest: HashMap<&str, usize> = HashMap::new();
         let mut in_order = new.clone();
         in_order.sort_unstable();
         for i in in_order {
             outcomes[i] = Outcome::Ignored;
-            greatest
-                .entry(batch[i].prediction.id.as_str())
-                .and_modify(|best| {
-                    if batch[i].progress > batch[*best].progress {
-                        *best = i;
-                    }
-                })
-                .or_insert(i);
+            let best = greatest.entry(batch[i].prediction.id.as_str()).or_insert(i);
+            if *best == i || batch[i].progress.supersedes(&batch[*best].progress) {
+                *best = i;
+                leads[i] = true;
+            }
         }
         let mut offered = vec![false; batch.len()];
         for i in greatest.into_values() {
@@ -56,6 +60,7 @@ impl<'a> Plan<'a> {
             batch,
             outcomes,
             new,
+            leads,
             offered,
         }
     }
@@ -70,11 +75,16 @@ impl<'a> Plan<'a> {
         self.new.iter().map(|&i| self.offered[i]).collect()
     }
 
-    /// Takes the prediction ids the upsert changed: their offered deliveries were applied.
-    pub fn applied(&mut self, prediction_ids: &[String]) {
-        let changed: HashSet<&str> = prediction_ids.iter().map(String::as_str).collect();
+    /// Whether each of [`Plan::new_deliveries`] leads its prediction at its turn.
+    pub fn leads(&self) -> Vec<bool> {
+        self.new.iter().map(|&i| self.leads[i]).collect()
+    }
+
+    /// Takes the `webhook-id`s the statement found to have advanced their prediction at their turn.
+    pub fn applied(&mut self, webhook_ids: &[String]) {
+        let applied: HashSet<&str> = webhook_ids.iter().map(String::as_str).collect();
         for &i in &self.new {
-            if self.offered[i] && changed.contains(self.batch[i].prediction.id.as_str()) {
+            if applied.contains(self.batch[i].webhook_id().as_str()) {
                 self.outcomes[i] = Outcome::Applied;
             }
         }
@@ -88,26 +98,22 @@ impl<'a> Plan<'a> {
 
 #[cfg(test)]
 mod tests {
-    use time::OffsetDateTime;
-
     use super::*;
-    use crate::domain::{Prediction, Progress, WebhookId};
+    use crate::domain::{Prediction, WebhookId};
 
     fn delivery(webhook_id: &str, id: &str, status: &str, timestamp: i64) -> NewDelivery {
         let body = format!(r#"{{"id":"{id}","status":"{status}"}}"#);
         let prediction = Prediction::parse(&body).unwrap();
-        NewDelivery {
-            webhook_id: WebhookId::parse(webhook_id).unwrap(),
-            webhook_timestamp: timestamp,
-            progress: Progress::new(prediction.status.as_ref(), 0, timestamp),
+        NewDelivery::new(
             prediction,
+            WebhookId::parse(webhook_id).unwrap(),
+            timestamp,
             body,
-            received_at: OffsetDateTime::UNIX_EPOCH,
-        }
+        )
     }
 
     fn ids(rows: Vec<&NewDelivery>) -> Vec<&str> {
-        rows.into_iter().map(|d| d.webhook_id.as_str()).collect()
+        rows.into_iter().map(|d| d.webhook_id().as_str()).collect()
     }
 
     #[test]
@@ -120,7 +126,7 @@ mod tests {
         let mut plan = Plan::new(&batch, &[]);
         assert_eq!(ids(plan.new_deliveries()), ["w1", "w2"]);
         assert_eq!(plan.offered(), [true, true]);
-        plan.applied(&["p1".into(), "p2".into()]);
+        plan.applied(&["w1".into(), "w2".into()]);
         // The duplicate is the copy that would have advanced p1: a seen id writes nothing.
         assert_eq!(
             plan.outcomes(),
@@ -129,26 +135,17 @@ mod tests {
     }
 
     #[test]
-    fn the_greatest_new_delivery_of_a_prediction_is_the_one_offered() {
+    fn the_greatest_is_offered_and_each_delivery_greater_than_those_before_it_leads() {
         let batch = [
             delivery("w1", "p1", "processing", 5),
             delivery("w2", "p1", "succeeded", 3),
             delivery("w3", "p1", "starting", 9),
             delivery("w4", "p1", "succeeded", 3),
         ];
-        let mut plan = Plan::new(&batch, &[]);
-        // w2 and w4 are equal: the first wins, as serially w4 would not supersede it.
-        assert_eq!(plan.offered(), [false, true, false, false]);
-        plan.applied(&["p1".into()]);
-        assert_eq!(
-            plan.outcomes(),
-            [
-                Outcome::Ignored,
-                Outcome::Applied,
-                Outcome::Ignored,
-                Outcome::Ignored
-            ]
-        );
+        let plan = Plan::new(&batch, &[]);
+        // By webhook id: w1, w2, w3, w4. w4 equals w2 but for its greater id, so it is greater.
+        assert_eq!(plan.offered(), [false, false, false, true]);
+        assert_eq!(plan.leads(), [true, true, false, true]);
     }
 
     #[test]
@@ -174,8 +171,8 @@ mod tests {
         ];
         let mut plan = Plan::new(&batch, &["w1".into()]);
         assert_eq!(ids(plan.new_deliveries()), ["w2"]);
-        assert_eq!(plan.offered(), [true]);
-        plan.applied(&["p1".into()]);
+        assert_eq!((plan.offered(), plan.leads()), (vec![true], vec![true]));
+        plan.applied(&["w2".into()]);
         assert_eq!(plan.outcomes(), [Outcome::Duplicate, Outcome::Applied]);
     }
 }

@@ -2,6 +2,8 @@
 //! keys (`config/prediction-inbox.env` by default): the environment wins. Each value is parsed into
 //! the type that uses it, and a bad one is reported as one line naming its key.
 
+mod env_file;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -44,13 +46,10 @@ impl Source {
     /// Reads `file` if it exists; a file named explicitly (`required`) must exist.
     pub fn load(file: &Path, required: bool) -> Result<Self, ConfigError> {
         let key = "INBOX_CONFIG";
-        let entries = match dotenvy::from_path_iter(file) {
-            Ok(entries) => entries
-                .collect::<Result<HashMap<_, _>, _>>()
-                .map_err(|e| ConfigError::new(key, format!("{}: {e}", file.display())))?,
-            Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-                HashMap::new()
-            }
+        let entries = match std::fs::read_to_string(file) {
+            Ok(text) => env_file::parse(&text)
+                .map_err(|e| ConfigError::new(key, format!("{} {e}", file.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => HashMap::new(),
             Err(e) => return Err(ConfigError::new(key, format!("{}: {e}", file.display()))),
         };
         Ok(Self {
@@ -163,11 +162,22 @@ pub struct Settings {
     pub api_tokens: ApiTokens,
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    pub max_inflight_body_bytes: usize,
+    pub max_connections: usize,
     pub request_timeout: Duration,
     pub max_waiters: usize,
+    pub max_waiters_per_token: Option<usize>,
+    pub stream_max: Duration,
     pub public_url: Option<String>,
+    pub trust_forwarded: bool,
     pub log_format: LogFormat,
 }
+
+/// The shortest bearer token accepted: anything shorter is guessable.
+pub const MIN_TOKEN_CHARS: usize = 16;
+/// The largest delivery that may be accepted: one Postgres statement parameter holds at most 1 GB,
+/// and each delivery is written in one.
+pub const MAX_BODY_BYTES_LIMIT: usize = 256 * 1024 * 1024;
 
 impl Settings {
     pub fn from_source(source: &Source) -> Result<Self, ConfigError> {
@@ -182,10 +192,40 @@ impl Settings {
                     .map_err(|e| ConfigError::new(secrets_key, format!("entry {} {e}", i + 1)))
             })
             .collect::<Result<_, _>>()?;
-        let tokens = source.list(
-            "INBOX_API_TOKENS",
-            "one or more bearer tokens, comma separated",
+        let tokens_key = "INBOX_API_TOKENS";
+        let tokens = source.list(tokens_key, "one or more bearer tokens, comma separated")?;
+        if let Some(i) = tokens
+            .iter()
+            .position(|t| t.chars().count() < MIN_TOKEN_CHARS)
+        {
+            return Err(ConfigError::new(
+                tokens_key,
+                format!(
+                    "entry {} is shorter than {MIN_TOKEN_CHARS} characters",
+                    i + 1
+                ),
+            ));
+        }
+        let max_body_bytes = source.positive(
+            "INBOX_MAX_BODY_BYTES",
+            16 * 1024 * 1024,
+            "a number of bytes",
         )?;
+        if max_body_bytes > MAX_BODY_BYTES_LIMIT {
+            return Err(ConfigError::new(
+                "INBOX_MAX_BODY_BYTES",
+                format!("must be at most {MAX_BODY_BYTES_LIMIT}"),
+            ));
+        }
+        let inflight_key = "INBOX_MAX_INFLIGHT_BODY_BYTES";
+        let max_inflight_body_bytes =
+            source.positive(inflight_key, 256 * 1024 * 1024, "a number of bytes")?;
+        if max_inflight_body_bytes < max_body_bytes {
+            return Err(ConfigError::new(
+                inflight_key,
+                "must be at least INBOX_MAX_BODY_BYTES, or the largest delivery could never be read",
+            ));
+        }
         let public_url = source.get("INBOX_PUBLIC_URL");
         if let Some(url) = &public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -214,10 +254,12 @@ impl Settings {
                 SocketAddr::from(([0, 0, 0, 0], 8080)),
                 "an address like 0.0.0.0:8080",
             )?,
-            max_body_bytes: source.positive(
-                "INBOX_MAX_BODY_BYTES",
-                16 * 1024 * 1024,
-                "a number of bytes",
+            max_body_bytes,
+            max_inflight_body_bytes,
+            max_connections: source.positive(
+                "INBOX_MAX_CONNECTIONS",
+                4096,
+                "a number of connections",
             )?,
             request_timeout: Duration::from_secs(source.positive(
                 "INBOX_REQUEST_TIMEOUT_SECS",
@@ -229,7 +271,23 @@ impl Settings {
                 10_000,
                 "a number of waiting requests",
             )?,
+            max_waiters_per_token: source
+                .get("INBOX_MAX_WAITERS_PER_TOKEN")
+                .map(|_| {
+                    source.positive(
+                        "INBOX_MAX_WAITERS_PER_TOKEN",
+                        1,
+                        "a number of waiting requests",
+                    )
+                })
+                .transpose()?,
+            stream_max: Duration::from_secs(source.positive(
+                "INBOX_STREAM_MAX_SECS",
+                3600,
+                "seconds",
+            )?),
             public_url,
+            trust_forwarded: source.parsed("INBOX_TRUST_FORWARDED", false, "`true` or `false`")?,
             log_format: source.log_format()?,
         })
     }
@@ -254,7 +312,7 @@ mod tests {
             "INBOX_WEBHOOK_SECRETS",
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         ),
-        ("INBOX_API_TOKENS", "t1,t2"),
+        ("INBOX_API_TOKENS", "token-one-0123456,token-two-0123456"),
     ];
 
     fn error_with(overrides: &[(&str, &str)]) -> ConfigError {
@@ -273,6 +331,11 @@ mod tests {
         assert_eq!(settings.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(settings.webhook_tolerance_secs, 300);
         assert_eq!(settings.max_body_bytes, 16_777_216);
+        assert_eq!(settings.max_inflight_body_bytes, 256 << 20);
+        assert_eq!(settings.max_connections, 4096);
+        assert_eq!(settings.max_waiters_per_token, None);
+        assert_eq!(settings.stream_max, Duration::from_secs(3600));
+        assert!(!settings.trust_forwarded);
         assert_eq!(settings.webhook_secrets.len(), 1);
     }
 
@@ -293,8 +356,19 @@ mod tests {
             ("INBOX_LISTEN", "localhost"),
             ("INBOX_WEBHOOK_TOLERANCE_SECS", "-1"),
             ("INBOX_MAX_BODY_BYTES", "0"),
+            ("INBOX_MAX_BODY_BYTES", "1000000000"),
+            ("INBOX_MAX_INFLIGHT_BODY_BYTES", "1000"),
+            ("INBOX_MAX_CONNECTIONS", "0"),
             ("INBOX_MAX_WAITERS", "many"),
+            ("INBOX_MAX_WAITERS_PER_TOKEN", "0"),
+            ("INBOX_STREAM_MAX_SECS", "forever"),
+            ("INBOX_TRUST_FORWARDED", "yes"),
             ("INBOX_LOG_FORMAT", "xml"),
+            (
+                "INBOX_WEBHOOK_SECRETS",
+                "whsec_dGhpcyBpcyBub3QgdGhlIHNlY3JldA==",
+            ),
+            ("INBOX_API_TOKENS", "token-one-0123456,notasecret"),
         ] {
             let error = error_with(&[(key, value)]);
             assert_eq!(error.key, key, "{value}");
