@@ -144,7 +144,7 @@ fn describe() {
     );
     describe_gauge!(
         BODY_BUDGET,
-        "Bytes of INBOX_MAX_INFLIGHT_BODY_BYTES not held by a request body now"
+        "Bytes of INBOX_MAX_INFLIGHT_BODY_BYTES not held by a request body now, by part: shared (any body) or reserve (bodies under 1 MiB)"
     );
     describe_gauge!(
         PREDICTIONS,
@@ -259,8 +259,9 @@ pub fn connection_refused() {
     counter!(CONNECTIONS_REFUSED).increment(1);
 }
 
-pub fn body_budget(available: usize) {
-    gauge!(BODY_BUDGET).set(available as f64);
+pub fn body_budget((shared, reserve): (usize, usize)) {
+    gauge!(BODY_BUDGET, "part" => "shared").set(shared as f64);
+    gauge!(BODY_BUDGET, "part" => "reserve").set(reserve as f64);
 }
 
 pub fn predictions(status: &'static str, count: i64) {

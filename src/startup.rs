@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::changes::{self, Changes};
 use crate::config::{DatabaseUrl, Settings};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, BodyBudget};
 use crate::ingest::{Faults, Writer};
 use crate::store::{self, Store, StoreError};
 use crate::supervisor::{Role, Supervisor};
@@ -35,6 +35,8 @@ pub struct Application {
     store: Store,
     changes: Changes,
     supervisor: Supervisor,
+    bodies: BodyBudget,
+    writer: Writer,
     http: http::Settings,
 }
 
@@ -94,17 +96,18 @@ impl Application {
             trust_forwarded: settings.trust_forwarded,
             request_timeout: settings.request_timeout,
             max_body_bytes: settings.max_body_bytes,
-            max_inflight_body_bytes: settings.max_inflight_body_bytes,
             max_connections: settings.max_connections,
             stream_max: settings.stream_max,
         };
+        let bodies = BodyBudget::new(settings.max_inflight_body_bytes);
         let state = AppState::new(
             http::Parts {
                 store: store.clone(),
-                writer,
+                writer: writer.clone(),
                 changes: changes.clone(),
                 verifier: Verifier::new(settings.webhook_secrets, settings.webhook_tolerance_secs),
                 health: supervisor.health(),
+                bodies: bodies.clone(),
             },
             http.clone(),
         );
@@ -114,6 +117,8 @@ impl Application {
             store,
             changes,
             supervisor,
+            bodies,
+            writer,
             http,
         })
     }
@@ -128,6 +133,16 @@ impl Application {
     /// The waiters of this instance, to observe them.
     pub fn changes(&self) -> Changes {
         self.changes.clone()
+    }
+
+    /// The budget of request bodies of this instance, to observe it.
+    pub fn bodies(&self) -> BodyBudget {
+        self.bodies.clone()
+    }
+
+    /// The queue of deliveries to write, to observe it.
+    pub fn writer(&self) -> Writer {
+        self.writer.clone()
     }
 
     /// Serves until `shutdown` completes, then stops accepting, ends waits and event streams with

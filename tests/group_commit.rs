@@ -100,6 +100,72 @@ async fn a_life_sent_all_at_once_ends_in_its_final_state_with_one_receipt_each(b
     assert_eq!(applied_rows, applied_receipts);
 }
 
+/// Within one batch each delivery is answered as if the batch had been recorded one delivery after
+/// another in arrival order: `applied` if it advanced the state at its turn, even when a later one
+/// advanced it further; and the `applied` flag recorded says the same.
+async fn a_batch_is_answered_as_if_recorded_one_delivery_after_another(backend: Backend) {
+    let faults = std::sync::Arc::new(common::Faulty::default());
+    let app = common::spawn_app_with_faults(backend, &[], Some(faults.clone())).await;
+    let t = now();
+    // One prediction stored before the batch, at logs "abc".
+    let stored = Delivery::at(t, prediction("known", "processing", "abc"));
+    assert_eq!(app.deliver(&stored).await, "applied");
+    // (prediction, status, logs, seconds after t, the answer of serial recording)
+    let table = [
+        // A new prediction's life in order: each advances it at its turn.
+        ("new", "starting", "", 0, "applied"),
+        ("new", "processing", "a", 1, "applied"),
+        ("new", "succeeded", "a", 2, "applied"),
+        // Another's out of order: the first is applied, then only what beats it.
+        ("late", "processing", "ab", 2, "applied"),
+        ("late", "starting", "", 0, "ignored"),
+        ("late", "failed", "", 3, "applied"),
+        ("late", "processing", "abc", 1, "ignored"),
+        // The stored one's: less than the stored state is ignored even when it leads the batch.
+        ("known", "processing", "ab", 5, "ignored"),
+        ("known", "processing", "abcd", 1, "applied"),
+        ("known", "starting", "", 9, "ignored"),
+        ("known", "canceled", "", 2, "applied"),
+    ];
+    let batch: Vec<(Delivery, &str)> = table
+        .iter()
+        .map(|(id, status, logs, after, receipt)| {
+            (
+                Delivery::at(t + after, prediction(id, status, logs)),
+                *receipt,
+            )
+        })
+        .collect();
+    let deliveries: Vec<Delivery> = batch.iter().map(|(d, _)| d.clone()).collect();
+    let answers = common::send_as_one_batch(&app, &faults, &deliveries).await;
+    let expected: Vec<_> = batch.iter().map(|(_, receipt)| *receipt).collect();
+    let receipts: Vec<String> = answers
+        .iter()
+        .map(|(status, text)| {
+            assert_eq!(*status, StatusCode::OK, "{text}");
+            serde_json::from_str::<serde_json::Value>(text).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(receipts, expected);
+    let in_one_batch: Vec<String> = table.iter().map(|row| row.0.to_owned()).collect();
+    assert!(faults.taken.lock().unwrap().contains(&in_one_batch));
+    for (id, last) in [("new", 2), ("late", 5), ("known", 10)] {
+        assert_eq!(app.prediction(id).await, Some(batch[last].0.body.clone()));
+    }
+    let recorded = app.deliveries().await;
+    for (delivery, receipt) in &batch {
+        let applied = recorded
+            .iter()
+            .find(|(_, body)| *body == delivery.body)
+            .unwrap()
+            .0;
+        assert_eq!(applied, *receipt == "applied", "{}", delivery.body);
+    }
+}
+
 async fn a_failed_batch_answers_503_to_every_delivery_in_it_and_records_none(backend: Backend) {
     let app = spawn_app(backend).await;
     app.execute(match backend {
@@ -170,6 +236,7 @@ async fn past_a_full_queue_senders_get_503_and_lose_nothing(backend: Backend) {
 crate::on_each_backend!(
     copies_sent_together_record_one_and_answer_the_rest_duplicate,
     a_life_sent_all_at_once_ends_in_its_final_state_with_one_receipt_each,
+    a_batch_is_answered_as_if_recorded_one_delivery_after_another,
     a_failed_batch_answers_503_to_every_delivery_in_it_and_records_none,
     past_a_full_queue_senders_get_503_and_lose_nothing,
 );

@@ -1,34 +1,44 @@
 //! Delivery parsing and the latest-state rule: any body parses or is refused without a panic; a
-//! body that parses is one a database accepts (no NUL in its keys, bounded nesting); and the rule
-//! is a total order, so that which of two deliveries wins never depends on which came first.
+//! body that parses is one a database accepts (no NUL in its id, bounded nesting); and of two
+//! deliveries of one prediction the same one — the same body — is the stored state whichever
+//! arrives first, also when they are equal but for their webhook ids.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use prediction_inbox::domain::{MAX_DEPTH, Prediction, Progress};
+use prediction_inbox::domain::{MAX_DEPTH, Prediction, Progress, WebhookId};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    // Two bodies in one input, split at the first NUL (which no valid body contains).
+    // Two bodies in one input, split at the first NUL (which no valid body contains); the
+    // input's length picks whether they share a timestamp, so that ties are common.
+    let same_second = data.len() % 2 == 0;
     let (first, second) = text.split_once('\0').unwrap_or((text, r#"{"id":"x"}"#));
-    let parsed: Vec<(Prediction, Progress)> = [(first, 7_i64), (second, 3)]
+    let parsed: Vec<(&str, Progress)> = [(first, "msg_b", 7_i64), (second, "msg_a", 3)]
         .into_iter()
-        .filter_map(|(body, timestamp)| {
+        .filter_map(|(body, id, timestamp)| {
             let prediction = Prediction::parse(body).ok()?;
             assert!(!prediction.id.as_str().contains('\0'));
             assert!(depth(body) <= MAX_DEPTH);
-            let progress =
-                Progress::new(prediction.status.as_ref(), prediction.logs_len, timestamp);
-            Some((prediction, progress))
+            let timestamp = if same_second { 5 } else { timestamp };
+            let id = WebhookId::parse(id).expect("a webhook id");
+            Some((body, Progress::of(&prediction, id, timestamp)))
         })
         .collect();
-    if let [(_, a), (_, b)] = parsed.as_slice() {
-        // Exactly one of: a wins, b wins, they are equal — in either order of arrival.
-        let outcomes = [a.supersedes(b), b.supersedes(a), a == b];
-        assert_eq!(outcomes.iter().filter(|o| **o).count(), 1, "{a:?} {b:?}");
+    if let [a, b] = parsed.as_slice() {
+        assert_eq!(stored(a, b), stored(b, a), "{:?} {:?}", a.1, b.1);
     }
 });
+
+/// The body stored after `first` and then `then` arrive.
+fn stored<'a>(first: &(&'a str, Progress), then: &(&'a str, Progress)) -> &'a str {
+    if then.1.supersedes(&first.1) {
+        then.0
+    } else {
+        first.0
+    }
+}
 
 /// Nesting of brackets outside strings.
 fn depth(body: &str) -> usize {

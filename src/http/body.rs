@@ -52,9 +52,12 @@ impl BodyBudget {
         }
     }
 
-    /// Bytes not held by any body now.
-    pub fn available(&self) -> usize {
-        self.shared.available_permits() + self.reserve.available_permits()
+    /// Bytes not held by any body now: of the part any body may take, and of the reserve.
+    pub fn available(&self) -> (usize, usize) {
+        (
+            self.shared.available_permits(),
+            self.reserve.available_permits(),
+        )
     }
 
     /// Reads the body of a request whose headers are `headers`: at most `limit` bytes, charged to
@@ -102,9 +105,17 @@ impl BodyBudget {
             if length > SMALL_BODY {
                 held.small = false;
             }
+            // With a declared length, what has arrived; without, the vector grows by doubling:
+            // what it allocated (its pages count only once written, so charging first is safe).
+            let charged = match declared {
+                Some(_) => length,
+                None => {
+                    bytes.reserve(chunk.len());
+                    bytes.capacity()
+                }
+            };
+            held.grow(REQUEST_COST + charged)?;
             bytes.extend_from_slice(&chunk);
-            // Without a declared length the vector grows by doubling: charge what it allocated.
-            held.grow(REQUEST_COST + bytes.capacity().max(length))?;
             last_chunk = Instant::now();
         }
         Ok((bytes, held))
@@ -183,5 +194,53 @@ fn merge(held: &mut Option<OwnedSemaphorePermit>, more: OwnedSemaphorePermit) {
     match held {
         Some(permit) => permit.merge(more),
         None => *held = Some(more),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(budget: &BodyBudget, small: bool) -> Held {
+        Held {
+            budget: budget.clone(),
+            shared: None,
+            reserve: None,
+            small,
+        }
+    }
+
+    #[test]
+    fn large_bodies_cannot_take_the_reserve_and_small_ones_can() {
+        let budget = BodyBudget::new(64 * SMALL_BODY);
+        let (shared, reserve) = budget.available();
+        assert_eq!((shared, reserve), (56 * SMALL_BODY, 8 * SMALL_BODY));
+        let mut large = held(&budget, false);
+        large.grow(shared).unwrap();
+        assert!(held(&budget, false).grow(1).is_err());
+        let mut small = held(&budget, true);
+        small.grow(SMALL_BODY).unwrap();
+        assert_eq!(budget.available(), (0, 7 * SMALL_BODY));
+        // A small body that turns out large moves to the shared part, which is spent.
+        small.small = false;
+        assert!(small.grow(SMALL_BODY + 1).is_err());
+        drop((large, small));
+        assert_eq!(budget.available(), (shared, reserve));
+    }
+
+    #[test]
+    fn a_body_that_grows_large_gives_back_the_reserve() {
+        let budget = BodyBudget::new(64 * SMALL_BODY);
+        let (shared, _) = budget.available();
+        let mut filler = held(&budget, false);
+        filler.grow(shared - 4 * SMALL_BODY).unwrap();
+        let mut body = held(&budget, true);
+        body.grow(4 * SMALL_BODY).unwrap();
+        body.grow(5 * SMALL_BODY).unwrap();
+        assert_eq!(budget.available(), (0, 7 * SMALL_BODY));
+        drop(filler);
+        body.small = false;
+        body.grow(6 * SMALL_BODY).unwrap();
+        assert_eq!(budget.available().1, 8 * SMALL_BODY);
     }
 }

@@ -48,7 +48,6 @@ pub struct Settings {
     /// The bound of every request, and of a request's headers.
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
-    pub max_inflight_body_bytes: usize,
     pub max_connections: usize,
     /// The longest an event stream stays open.
     pub stream_max: Duration,
@@ -80,6 +79,7 @@ pub struct Parts {
     pub changes: Changes,
     pub verifier: Verifier,
     pub health: Health,
+    pub bodies: BodyBudget,
 }
 
 impl AppState {
@@ -92,7 +92,7 @@ impl AppState {
             writer: parts.writer,
             changes: parts.changes,
             verifier: parts.verifier,
-            bodies: BodyBudget::new(settings.max_inflight_body_bytes),
+            bodies: parts.bodies,
             health: parts.health,
             last_count: metrics::LastCount::default(),
             settings,

@@ -92,6 +92,11 @@ impl Writer {
         (Self { queue }, writer)
     }
 
+    /// Deliveries waiting in the queue for the writer to take them.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     /// Records a delivery with others; `Ok` once the transaction holding it has committed, which
     /// it does before `deadline` or not at all.
     pub async fn record(

@@ -8,11 +8,18 @@ mod throwaway;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use prediction_inbox::changes::Changes;
 use prediction_inbox::config::{Settings, Source};
+use prediction_inbox::http::BodyBudget;
+use prediction_inbox::ingest::{Faults, Writer};
 use prediction_inbox::startup::Application;
+use prediction_inbox::store::{NewDelivery, StoreError};
 use prediction_inbox::verify::Secret;
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
@@ -207,6 +214,10 @@ pub struct TestApp {
     pub address: String,
     /// The waiters parked in this instance.
     pub changes: Changes,
+    /// The budget of request bodies of this instance.
+    pub bodies: BodyBudget,
+    /// The queue of deliveries to write of this instance.
+    pub writer: Writer,
     pub client: reqwest::Client,
     pub store: TestStore,
     secret: Secret,
@@ -216,18 +227,132 @@ pub struct TestApp {
 pub struct Instance {
     pub address: String,
     pub changes: Changes,
+    pub bodies: BodyBudget,
+    pub writer: Writer,
 }
 
-async fn start(database_url: &str, overrides: &[(&str, &str)]) -> Instance {
-    let app = Application::build(settings(database_url, overrides))
+async fn start(
+    database_url: &str,
+    overrides: &[(&str, &str)],
+    faults: Option<Arc<dyn Faults>>,
+) -> Instance {
+    let app = Application::build_with_faults(settings(database_url, overrides), faults)
         .await
         .expect("build the app");
     let instance = Instance {
         address: format!("http://{}", app.local_addr()),
         changes: app.changes(),
+        bodies: app.bodies(),
+        writer: app.writer(),
     };
     tokio::spawn(app.run_until(std::future::pending()));
     instance
+}
+
+/// Failures by prediction id, and the batches the writer took, by the ids in them.
+#[derive(Default)]
+pub struct Faulty {
+    /// Any batch holding this prediction fails to record, or (`true`) panics recording.
+    pub poison: Option<(&'static str, bool)>,
+    /// The writer dies, once, taking a batch holding this prediction.
+    pub killer: Option<&'static str>,
+    pub killed: AtomicBool,
+    pub taken: std::sync::Mutex<Vec<Vec<String>>>,
+}
+
+impl Faulty {
+    pub fn took(&self, id: &str) -> bool {
+        self.taken
+            .lock()
+            .expect("the batches taken")
+            .iter()
+            .any(|batch| batch.iter().any(|i| i == id))
+    }
+}
+
+impl Faults for Faulty {
+    fn take(&self, batch: &[&NewDelivery]) {
+        let ids: Vec<String> = batch.iter().map(|d| d.prediction.id.to_string()).collect();
+        let kill = self
+            .killer
+            .is_some_and(|killer| ids.iter().any(|id| id == killer));
+        self.taken.lock().expect("the batches taken").push(ids);
+        if kill && !self.killed.swap(true, Ordering::SeqCst) {
+            panic!("the writer dies");
+        }
+    }
+
+    fn record(&self, batch: &[NewDelivery]) -> Result<(), StoreError> {
+        let Some((poison, panics)) = self.poison else {
+            return Ok(());
+        };
+        if !batch.iter().any(|d| d.prediction.id.as_str() == poison) {
+            return Ok(());
+        }
+        if panics {
+            panic!("recording a batch with the poison delivery");
+        }
+        Err(StoreError::Refused(sqlx::Error::Protocol(
+            "a value the database cannot hold".into(),
+        )))
+    }
+}
+
+/// Sends `deliveries` so that the writer takes them as one batch, in this order: behind an opener
+/// the writer holds up (writes are blocked), each is queued before the next is sent. Answers each
+/// one's status and text. `faults` must be the app's, to see the writer take the opener.
+pub async fn send_as_one_batch(
+    app: &TestApp,
+    faults: &Faulty,
+    deliveries: &[Delivery],
+) -> Vec<(StatusCode, String)> {
+    let block = app.block_writes().await;
+    let opener = Delivery::new(prediction("opener", "starting", ""));
+    let opener = async { app.send(&opener).await.status() };
+    let batch = async {
+        eventually("the writer holds the opener", || async {
+            faults.took("opener")
+        })
+        .await;
+        let mut sends = Vec::new();
+        for (i, delivery) in deliveries.iter().enumerate() {
+            let send = app.send(delivery);
+            // Polled until it is queued, then left to finish with the others.
+            let mut send = Box::pin(send);
+            let queued = eventually("the delivery is queued", || async {
+                app.writer.queued() > i
+            });
+            tokio::select! {
+                () = queued => {}
+                response = &mut send => panic!("answered before it was written: {}", response.status()),
+            }
+            sends.push(send);
+        }
+        block.release().await;
+        futures_util::future::join_all(sends).await
+    };
+    let (opener, responses) = tokio::join!(opener, batch);
+    assert_eq!(opener, StatusCode::OK);
+    let mut answers = Vec::new();
+    for response in responses {
+        let status = response.status();
+        answers.push((status, response.text().await.expect("the answer's text")));
+    }
+    answers
+}
+
+/// Waits until `condition` holds, checking every 10 ms; fails the test, naming `what`, if it does
+/// not within 20 s. A test waits on the state it needs, never for a time it hopes is enough.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Settings for a test instance; `overrides` replace or add keys.
@@ -252,11 +377,27 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_with_faults(backend, overrides, None).await
+}
+
+/// An app whose batch writer fails as `faults` says.
+pub async fn spawn_app_with_faults(
+    backend: Backend,
+    overrides: &[(&str, &str)],
+    faults: Option<Arc<dyn Faults>>,
+) -> TestApp {
     let store = TestStore::create(backend).await;
-    let Instance { address, changes } = start(&store.url(), overrides).await;
+    let Instance {
+        address,
+        changes,
+        bodies,
+        writer,
+    } = start(&store.url(), overrides, faults).await;
     TestApp {
         address,
         changes,
+        bodies,
+        writer,
         client: reqwest::Client::new(),
         store,
         secret: SECRET.parse().expect("test secret"),
@@ -346,17 +487,19 @@ impl TestApp {
         Instance {
             address: self.address.clone(),
             changes: self.changes.clone(),
+            bodies: self.bodies.clone(),
+            writer: self.writer.clone(),
         }
     }
 
     /// A second replica sharing this one's database.
     pub async fn another_instance(&self) -> Instance {
-        start(&self.store.url(), &[]).await
+        start(&self.store.url(), &[], None).await
     }
 
     /// A second replica sharing this one's database, with some settings of its own.
     pub async fn another_instance_with(&self, overrides: &[(&str, &str)]) -> Instance {
-        start(&self.store.url(), overrides).await
+        start(&self.store.url(), overrides, None).await
     }
 
     /// The Postgres database and a pool onto it, for tests of what only Postgres does.
