@@ -20,7 +20,10 @@ fn missing_or_malformed_settings_stop_start_up_with_exit_2_naming_the_setting() 
         ("DATABASE_URL", "mysql://127.0.0.1/inbox"),
         ("INBOX_WEBHOOK_SECRETS", ""),
         ("INBOX_WEBHOOK_SECRETS", "whsec_sup3r-secret!"),
+        // Keys under 24 bytes, and tokens under 16 characters, that once started the service.
+        ("INBOX_WEBHOOK_SECRETS", "whsec_c3VwM3Itc2VjcmV0IQ=="),
         ("INBOX_API_TOKENS", ""),
+        ("INBOX_API_TOKENS", "sup3r-secret"),
         ("INBOX_LISTEN", "everywhere"),
         ("INBOX_WEBHOOK_TOLERANCE_SECS", "five"),
         ("INBOX_MAX_BODY_BYTES", "-1"),
@@ -38,6 +41,44 @@ fn missing_or_malformed_settings_stop_start_up_with_exit_2_naming_the_setting() 
         assert!(stderr.contains(key), "{stderr}");
         assert!(!stderr.contains("sup3r"), "the secret leaked: {stderr}");
     }
+}
+
+#[test]
+fn a_malformed_config_file_line_is_named_by_file_line_and_key_never_by_its_value() {
+    let file = std::env::temp_dir().join(format!("inbox-config-{}.env", fastrand::u64(..)));
+    std::fs::write(
+        &file,
+        format!("INBOX_WEBHOOK_SECRETS={SECRET}\n# tokens\nINBOX_API_TOKENS=sup3r-secret-one, sup3r-secret-two\n"),
+    )
+    .unwrap();
+    let output = command(&[])
+        .arg("--config")
+        .arg(&file)
+        .arg("serve")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for named in [file.to_str().unwrap(), "line 3", "INBOX_API_TOKENS"] {
+        assert!(stderr.contains(named), "{named} is not named: {stderr}");
+    }
+    assert!(!stderr.contains("sup3r"), "the secret leaked: {stderr}");
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[tokio::test]
+async fn on_the_embedded_store_inside_a_container_it_warns_at_start() {
+    let store = TestStore::create(Backend::Sqlite).await;
+    let mut service = Service::start_with(
+        &[
+            ("DATABASE_URL", &store.url()),
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+        ],
+        &std::env::temp_dir(),
+    );
+    let line: Value = serde_json::from_str(&service.wait_for("inside a container")).unwrap();
+    assert_eq!(line["level"], "WARN");
 }
 
 #[test]
@@ -195,7 +236,13 @@ async fn sigterm_drains_a_request_in_flight() {
             .await
             .status()
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::eventually_counts(
+        "the delivery waits on the row",
+        &pool,
+        common::WAITING_ON_A_LOCK,
+        1,
+    )
+    .await;
     service.signal("-TERM");
     service.wait_for("draining");
     blocker.rollback().await.unwrap();
@@ -250,7 +297,18 @@ async fn sigterm_ends_waits_and_event_streams_at_once() {
     };
     let waiting = tokio::spawn(get("/v1/predictions/p1").header("prefer", "wait=60").send());
     let stream = get("/v1/predictions/p1/events").send().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::eventually("both are parked", || async {
+        let metrics = client
+            .get(format!("{}/metrics", service.address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics.lines().any(|line| line == "inbox_waiters 2")
+    })
+    .await;
 
     let started = std::time::Instant::now();
     service.signal("-TERM");

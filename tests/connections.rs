@@ -43,7 +43,11 @@ async fn thousands_of_stalled_connections_cost_little_and_are_all_cut_off() {
             .expect("half the headers");
         stalled.push(stream);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every one accepted: the service holds a socket for each.
+    common::eventually("every connection is accepted", || async {
+        service.open_files() > CONNECTIONS
+    })
+    .await;
     let loaded = service.rss_kib();
 
     // Everyone else is still served, promptly.

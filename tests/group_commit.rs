@@ -199,14 +199,21 @@ async fn past_a_full_queue_senders_get_503_and_lose_nothing(backend: Backend) {
     let deliveries: Vec<Delivery> = (0..SENDERS)
         .map(|p| Delivery::new(prediction(&format!("p{p}"), "starting", "")))
         .collect();
+    let refused_so_far = std::sync::atomic::AtomicUsize::new(0);
     let release = async {
-        // Past the 5 s a sender waits for room in the queue.
-        tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+        // Once senders waited past the 5 s a sender waits for room in the queue.
+        common::eventually("a sender is refused", || async {
+            refused_so_far.load(std::sync::atomic::Ordering::SeqCst) > 0
+        })
+        .await;
         blocker.release().await;
     };
-    let app = &app;
+    let (app, refused_so_far) = (&app, &refused_so_far);
     let sending = join_all(deliveries.iter().map(|delivery| async move {
         let response = app.send(delivery).await;
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            refused_so_far.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         let retry_after = response.headers().contains_key("retry-after");
         (response.status(), retry_after)
     }));

@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use common::{Backend, Delivery, TOKEN, now, prediction, spawn_app_with};
 
@@ -135,7 +134,7 @@ async fn metrics_count_what_the_service_does(backend: Backend) {
         .header("prefer", "wait=3")
         .send();
     let scrape_while_waiting = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        common::eventually("the wait is parked", || async { app.changes.count() == 1 }).await;
         scrape().await
     };
     let (_, response) = tokio::join!(waiting, scrape_while_waiting);

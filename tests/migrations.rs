@@ -11,6 +11,8 @@ use sqlx::PgPool;
 
 /// The migration after which each prediction points at its latest delivery.
 const POINTERS: i64 = 20261126000003;
+/// The migration that makes the latest-state rule one total order, output length included.
+const TOTAL_ORDER: i64 = 20261203000001;
 
 /// A database migrated as far as the migrations before `version`, as a service released before it
 /// would have left it.
@@ -73,6 +75,168 @@ async fn record_before_pointers(
         .await
         .unwrap();
     }
+}
+
+/// The output length joins the order without a rewrite of `predictions` (its file stays the same),
+/// a prediction stored before it is measured when a delivery compares with it, and the background
+/// fill gives every row its length, a slice at a time, while deliveries go on.
+#[tokio::test]
+async fn the_order_key_grows_without_a_rewrite_and_rows_stored_before_are_measured() {
+    let db = migrated_before(TOTAL_ORDER).await;
+    let pool = db.pool().await;
+    let t = now();
+    let in_flight = prediction("flying", "processing", "ab")
+        .replace("\"output\":null", "\"output\":[\"a\",\"b\"]");
+    sqlx::query(
+        "INSERT INTO deliveries (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body)
+         VALUES ('msg_old', 'flying', $1, now(), true, $2)",
+    )
+    .bind(t)
+    .bind(&in_flight)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Thousands finished before, so that the fill takes several slices.
+    for sql in [
+        "INSERT INTO predictions (id, status, created_at, progress_rank, progress_logs,
+                                  progress_timestamp, latest_delivery)
+         VALUES ('flying', 'processing', now(), 1, 2, $1, 'msg_old')",
+        "INSERT INTO deliveries (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body)
+         SELECT 'msg_done' || n, 'done' || n, $1, now(), true, '{\"id\":\"done' || n || '\"}'
+         FROM generate_series(1, 3500) AS n",
+        "INSERT INTO predictions (id, status, created_at, progress_rank, progress_logs,
+                                  progress_timestamp, latest_delivery)
+         SELECT 'done' || n, 'succeeded', now(), 2, 0, $1, 'msg_done' || n
+         FROM generate_series(1, 3500) AS n",
+    ] {
+        sqlx::query(sql).bind(t).execute(&pool).await.unwrap();
+    }
+    let file = "SELECT relfilenode::int8 FROM pg_class WHERE relname = 'predictions'";
+    let before: i64 = sqlx::query_scalar(file).fetch_one(&pool).await.unwrap();
+
+    let service = common::start(&db.url, &[], None).await;
+    let after: i64 = sqlx::query_scalar(file).fetch_one(&pool).await.unwrap();
+    assert_eq!(after, before, "the migration rewrote predictions");
+
+    let client = reqwest::Client::new();
+    let url = format!("{}/webhooks/replicate", service.address);
+    let secret = common::SECRET.parse().unwrap();
+    let deliver = |output: &'static str| {
+        let body = in_flight.replace("[\"a\",\"b\"]", output);
+        let (client, url, secret) = (&client, &url, &secret);
+        async move {
+            let answer = prediction_inbox::sample::send(client, url, secret, body)
+                .await
+                .unwrap();
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            answer.body
+        }
+    };
+    // Later, with the same logs and less output: older by the rule, though the row had no length.
+    assert_eq!(deliver("[\"a\"]").await, r#"{"status":"ignored"}"#);
+    assert_eq!(
+        deliver("[\"a\",\"b\",\"c\"]").await,
+        r#"{"status":"applied"}"#
+    );
+    let unmeasured = "SELECT count(*) FROM predictions WHERE progress_output IS NULL";
+    common::eventually_counts("every row has its output's length", &pool, unmeasured, 0).await;
+    let terminal: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM predictions WHERE progress_rank = 2 AND progress_output = 0",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(terminal, 3500);
+}
+
+/// On SQLite, the predictions in flight are measured as the service starts, and the others filled
+/// in behind it.
+#[tokio::test]
+async fn on_sqlite_rows_stored_before_the_output_length_are_measured() {
+    let file = common::TestFile::create();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file.path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::query(include_str!("../migrations/sqlite/20261125000001_core.sql"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let t = now();
+    let in_flight = prediction("flying", "processing", "ab")
+        .replace("\"output\":null", "\"output\":[\"a\",\"b\"]");
+    let done = prediction("done", "succeeded", "");
+    for (webhook_id, id, rank, body) in [
+        ("msg_old", "flying", 1, &in_flight),
+        ("msg_done", "done", 2, &done),
+    ] {
+        sqlx::query(
+            "INSERT INTO deliveries (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body)
+             VALUES ($1, $2, $3, 0, 1, $4)",
+        )
+        .bind(webhook_id)
+        .bind(id)
+        .bind(t)
+        .bind(body)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO predictions (id, status, created_at, progress_rank, progress_logs,
+                                      progress_timestamp, updated_at, body)
+             VALUES ($1, 'x', 0, $2, 2, $3, 0, $4)",
+        )
+        .bind(id)
+        .bind(rank)
+        .bind(t)
+        .bind(body)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    // The migrations as a service released before the new one recorded them.
+    sqlx::query(
+        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL,
+         installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL,
+         checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let migrator = sqlx::migrate!("./migrations/sqlite");
+    let core = &migrator.migrations[0];
+    sqlx::query("INSERT INTO _sqlx_migrations VALUES ($1, $2, 0, true, $3, 0)")
+        .bind(core.version)
+        .bind(core.description.as_ref())
+        .bind(core.checksum.as_ref())
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let service = common::start(&file.url(), &[], None).await;
+    let (client, secret) = (reqwest::Client::new(), common::SECRET.parse().unwrap());
+    let url = format!("{}/webhooks/replicate", service.address);
+    let body = in_flight.replace("[\"a\",\"b\"]", "[\"a\"]");
+    let answer = prediction_inbox::sample::send(&client, &url, &secret, body)
+        .await
+        .unwrap();
+    assert_eq!(answer.body, r#"{"status":"ignored"}"#);
+    let unfilled = "SELECT count(*) FROM predictions \
+                    WHERE progress_output IS NULL OR latest_delivery IS NULL";
+    common::eventually("every row is filled in", || async {
+        sqlx::query_scalar::<_, i64>(unfilled)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            == 0
+    })
+    .await;
+    let latest: String =
+        sqlx::query_scalar("SELECT latest_delivery FROM predictions WHERE id = 'done'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(latest, "msg_done");
 }
 
 #[tokio::test]
@@ -173,7 +337,17 @@ async fn a_migration_may_take_longer_than_the_statement_timeout() {
         let store = store.clone();
         async move { store.migrate().await }
     });
-    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    // The property is about time: the migration waits on the lock past the statement timeout.
+    let waited_past_the_timeout = "SELECT count(*) FROM pg_stat_activity \
+        WHERE datname = current_database() AND wait_event_type = 'Lock' \
+        AND now() - query_start > interval '11 seconds'";
+    common::eventually_counts(
+        "the migration waits past the statement timeout",
+        &pool,
+        waited_past_the_timeout,
+        1,
+    )
+    .await;
     assert!(!migrating.is_finished(), "the migration gave up waiting");
     reader.commit().await.unwrap();
     migrating.await.unwrap().unwrap();

@@ -79,7 +79,13 @@ async fn an_exhausted_pool_gets_503_within_the_timeout_not_a_hung_request() {
     let blocker = app.block_reads().await;
     let stuck = app.get("/v1/predictions/p1");
     let starved = async {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        common::eventually_counts(
+            "the read holds the one connection",
+            app.postgres().1,
+            common::WAITING_ON_A_LOCK,
+            1,
+        )
+        .await;
         let started = std::time::Instant::now();
         let response = app.get("/readyz").await;
         (started.elapsed(), response)

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::load::{Load, Sent, verify_acknowledged};
-use common::{Backend, Delivery, prediction, spawn_app};
+use common::{Backend, Delivery, eventually, prediction, spawn_app};
 
 const TERMINATE: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                          WHERE datname = '{db}' AND application_name = 'prediction-inbox'";
@@ -35,37 +35,43 @@ async fn outages_under_load_refuse_with_503_recover_by_themselves_and_lose_nothi
             .expect("readyz");
         response.status().as_u16()
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    eventually("the load gets in", || async {
+        load.acknowledged_since(started) >= 50
+    })
+    .await;
 
     // Every connection of the service goes at once; the database itself stays up.
     db.admin(TERMINATE).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let terminated = Instant::now();
+    eventually("deliveries get in again on new connections", || async {
+        load.acknowledged_since(terminated) >= 20
+    })
+    .await;
 
     // The database becomes unreachable: new connections are refused, and the open ones go.
     db.admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false")
         .await;
     db.admin(TERMINATE).await;
     let down = Instant::now();
-    tokio::time::sleep(outage / 2).await;
-    assert_eq!(
-        ready().await,
-        503,
-        "/readyz while the database is unreachable"
-    );
-    tokio::time::sleep(outage / 2).await;
+    eventually(
+        "/readyz says 503 while the database is unreachable",
+        || async { ready().await == 503 },
+    )
+    .await;
+    // What is left of the outage: its length is the scenario, not a wait for a state.
+    tokio::time::sleep(outage.saturating_sub(down.elapsed())).await;
     let up = Instant::now();
     db.admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true")
         .await;
 
     // Recovery, without a restart: deliveries get in again.
-    let recovered = loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if ready().await == 200 {
-            break up.elapsed();
-        }
-        assert!(up.elapsed() < Duration::from_secs(30), "no recovery");
-    };
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    eventually("ready again", || async { ready().await == 200 }).await;
+    let recovered = up.elapsed();
+    eventually("deliveries get in after the recovery", || async {
+        load.acknowledged_since(up + recovered) >= 20
+    })
+    .await;
     let sent = load.stop().await;
 
     // Nothing could commit from shortly after the connections went until the database was back.

@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Backend, Delivery, EventStream, Instance, TOKEN, TestApp, assert_problem, prediction,
-    spawn_app, spawn_app_with,
+    Backend, Delivery, EventStream, Instance, TOKEN, TestApp, assert_problem, eventually,
+    prediction, spawn_app, spawn_app_with,
 };
 use reqwest::{Response, StatusCode};
 
@@ -21,15 +21,12 @@ async fn wait(app: &TestApp, address: &str, id: &str, prefer: &str) -> Response 
         .unwrap()
 }
 
-/// Waits until `count` waiters are parked (or none are, for 0); panics after a few seconds.
+/// Waits until `count` waiters are parked (or none are, for 0).
 async fn parked(changes: &prediction_inbox::changes::Changes, count: usize) {
-    for _ in 0..200 {
-        if changes.count() == count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("expected {count} parked waiters, found {}", changes.count());
+    eventually(&format!("{count} parked waiters"), || async {
+        changes.count() == count
+    })
+    .await;
 }
 
 async fn status_of(response: Response) -> String {
@@ -110,11 +107,9 @@ async fn a_wait_on_an_unknown_id_follows_it_from_start_to_completion(backend: Ba
     let waiting = wait(&app, &app.address, "new", "respond-async, wait=30");
     let deliver = async {
         parked(&app.changes, 1).await;
+        // Not finished: the wait goes on (had it answered now, it would say `starting`).
         app.deliver(&Delivery::new(prediction("new", "starting", "")))
             .await;
-        // The waiter re-reads, finds it unfinished and keeps waiting.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(app.changes.count(), 1);
         app.deliver(&Delivery::new(prediction("new", "failed", "")))
             .await;
     };
@@ -280,16 +275,108 @@ async fn a_change_committed_while_nobody_listens_still_wakes_its_waiter() {
         app.postgres().0
             .admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND query ILIKE 'LISTEN%'")
             .await;
+        let listening = "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%' \
+                         AND datname = current_database()";
+        common::eventually_counts("nobody listens", app.postgres().1, listening, 0).await;
         // Committed in the gap: its notification reaches no one.
         app.deliver(&Delivery::new(prediction("p1", "succeeded", ""))).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
         app.postgres().0.admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true").await;
     })
     .await;
     assert_eq!(status, "succeeded", "the change in the gap was lost");
 }
 
+/// A parked wait sleeps through changes that do not finish its prediction, and holds no state
+/// meanwhile: at its deadline it reads the state as it is then.
+async fn a_wait_that_times_out_answers_the_state_at_its_deadline(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.deliver(&Delivery::new(prediction("p1", "processing", "a")))
+        .await;
+    let later = prediction("p1", "processing", "abc");
+    let waiting = wait(&app, &app.address, "p1", "wait=2");
+    let meanwhile = async {
+        parked(&app.changes, 1).await;
+        app.deliver(&Delivery::new(prediction("p1", "processing", "ab")))
+            .await;
+        app.deliver(&Delivery::new(later.clone())).await;
+    };
+    let (response, ()) = tokio::join!(waiting, meanwhile);
+    assert_eq!(response.headers()["preference-applied"], "wait=2");
+    assert_eq!(response.text().await.unwrap(), later);
+}
+
+async fn an_event_stream_ends_at_its_longest_duration_saying_why(backend: Backend) {
+    let app = spawn_app_with(backend, &[("INBOX_STREAM_MAX_SECS", "1")]).await;
+    let body = prediction("p1", "processing", "");
+    app.deliver(&Delivery::new(body.clone())).await;
+    let started = Instant::now();
+    let mut events = EventStream::new(app.get("/v1/predictions/p1/events").await);
+    assert_eq!(events.next().await, Some(("prediction".into(), body)));
+    let (event, data) = events.next().await.expect("a last event");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(event, "end");
+    let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(
+        (&data["id"], &data["reason"]),
+        (&"p1".into(), &"max_duration".into())
+    );
+    assert!(
+        data["detail"]
+            .as_str()
+            .unwrap()
+            .contains("INBOX_STREAM_MAX_SECS")
+    );
+    assert_eq!(events.next().await, None);
+    parked(&app.changes, 0).await;
+}
+
+async fn one_token_cannot_take_every_waiting_slot(backend: Backend) {
+    const OTHER: &str = "another-token-0123456789";
+    let tokens = format!("{TOKEN},{OTHER}");
+    let app = spawn_app_with(
+        backend,
+        &[
+            ("INBOX_API_TOKENS", &tokens),
+            ("INBOX_MAX_WAITERS_PER_TOKEN", "1"),
+        ],
+    )
+    .await;
+    app.deliver(&Delivery::new(prediction("p1", "processing", "")))
+        .await;
+    let first = wait(&app, &app.address, "p1", "wait=30");
+    let others = async {
+        parked(&app.changes, 1).await;
+        // The same token again: the state at once, no wait applied; and no stream.
+        let response = wait(&app, &app.address, "p1", "wait=30").await;
+        assert_eq!(response.headers()["preference-applied"], "wait=0");
+        assert_problem(
+            app.get("/v1/predictions/p1/events").await,
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .await;
+        // Another token still parks.
+        let other = app
+            .client
+            .get(format!("{}/v1/predictions/p1", app.address))
+            .bearer_auth(OTHER)
+            .header("prefer", "wait=30")
+            .send();
+        let finish = async {
+            parked(&app.changes, 2).await;
+            app.deliver(&Delivery::new(prediction("p1", "succeeded", "")))
+                .await;
+        };
+        let (other, ()) = tokio::join!(other, finish);
+        assert_eq!(status_of(other.unwrap()).await, "succeeded");
+    };
+    let (response, ()) = tokio::join!(first, others);
+    assert_eq!(status_of(response).await, "succeeded");
+}
+
 crate::on_each_backend!(
+    a_wait_that_times_out_answers_the_state_at_its_deadline,
+    an_event_stream_ends_at_its_longest_duration_saying_why,
+    one_token_cannot_take_every_waiting_slot,
     a_wait_returns_as_soon_as_a_delivery_completes_the_prediction,
     a_wait_times_out_with_the_current_state,
     a_wait_on_a_finished_prediction_answers_at_once,

@@ -59,6 +59,14 @@ impl Load {
         }
     }
 
+    /// How many deliveries were acknowledged after `since`.
+    pub fn acknowledged_since(&self, since: Instant) -> usize {
+        let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.iter()
+            .filter(|d| d.at > since && d.acknowledged())
+            .count()
+    }
+
     /// Stops the senders and returns every delivery they sent.
     pub async fn stop(self) -> Vec<Sent> {
         self.stop.store(true, Ordering::Relaxed);

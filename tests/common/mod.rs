@@ -231,7 +231,7 @@ pub struct Instance {
     pub writer: Writer,
 }
 
-async fn start(
+pub async fn start(
     database_url: &str,
     overrides: &[(&str, &str)],
     faults: Option<Arc<dyn Faults>>,
@@ -248,6 +248,22 @@ async fn start(
     tokio::spawn(app.run_until(std::future::pending()));
     instance
 }
+
+/// Waits until `sql`, a count on Postgres, answers `expected`.
+pub async fn eventually_counts(what: &str, pool: &PgPool, sql: &str, expected: i64) {
+    eventually(what, || async {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(pool)
+            .await
+            .expect("the count")
+            == expected
+    })
+    .await;
+}
+
+/// Sessions of the test's database waiting on a lock now.
+pub const WAITING_ON_A_LOCK: &str = "SELECT count(*) FROM pg_stat_activity \
+    WHERE datname = current_database() AND wait_event_type = 'Lock'";
 
 /// Failures by prediction id, and the batches the writer took, by the ids in them.
 #[derive(Default)]
@@ -700,8 +716,15 @@ impl EventStream {
     }
 
     /// The next event's name and data (data lines joined by newlines), skipping keep-alive
-    /// comments; `None` when the server has closed the stream.
+    /// comments; `None` when the server has closed the stream. Fails the test if none comes
+    /// within 20 s.
     pub async fn next(&mut self) -> Option<(String, String)> {
+        tokio::time::timeout(Duration::from_secs(20), self.next_event())
+            .await
+            .expect("an event, or the end of the stream, within 20 s")
+    }
+
+    async fn next_event(&mut self) -> Option<(String, String)> {
         use futures_util::StreamExt;
         loop {
             if let Some(end) = self.buffer.find("\n\n") {

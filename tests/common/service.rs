@@ -112,6 +112,13 @@ impl Service {
             .expect("VmRSS")
     }
 
+    /// How many files, sockets included, it has open now.
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    }
+
     /// Waits for the process to exit, gathering the rest of its log.
     pub fn exit_code(mut self) -> (Option<i32>, Vec<String>) {
         let status = self.child.wait().unwrap();
