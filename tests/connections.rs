@@ -43,12 +43,6 @@ async fn thousands_of_stalled_connections_cost_little_and_are_all_cut_off() {
             .expect("half the headers");
         stalled.push(stream);
     }
-    // Every one accepted: the service holds a socket for each.
-    common::eventually("every connection is accepted", || async {
-        service.open_files() > CONNECTIONS
-    })
-    .await;
-    let loaded = service.rss_kib();
 
     // Everyone else is still served, promptly.
     let started = Instant::now();
@@ -68,6 +62,8 @@ async fn thousands_of_stalled_connections_cost_little_and_are_all_cut_off() {
         }
     }
     let cut_off_after = opened.elapsed();
+    // The most the service held, whenever that was.
+    let loaded = service.peak_rss_kib();
     println!(
         "{CONNECTIONS} stalled connections: RSS {} MiB idle, {} MiB with them open; \
          all {closed} cut off within {:.1} s of opening",

@@ -103,20 +103,22 @@ impl Service {
 
     /// Its resident set, KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
+        self.status("VmRSS:")
+    }
+
+    /// The most its resident set has been, KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status("VmHWM:")
+    }
+
+    fn status(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("the service's /proc status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            .expect("VmRSS")
-    }
-
-    /// How many files, sockets included, it has open now.
-    pub fn open_files(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|entries| entries.count())
-            .unwrap_or(0)
+            .unwrap_or_else(|| panic!("{field} in the service's /proc status"))
     }
 
     /// Waits for the process to exit, gathering the rest of its log.
