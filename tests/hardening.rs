@@ -310,6 +310,32 @@ async fn a_dead_writer_is_restarted_and_the_service_is_not_ready_meanwhile(backe
     assert_eq!(app.deliver(&again).await, "applied");
 }
 
+/// A batch of large bodies on a busy server may take longer than the statement timeout that stops
+/// runaway reads (10 s); its deadline, the request's, is what bounds it. Here a lock holds the
+/// batch past those 10 s.
+#[tokio::test]
+async fn a_batch_runs_until_its_deadline_past_the_reads_statement_timeout() {
+    let app = spawn_app_with(Backend::Postgres, &[("INBOX_REQUEST_TIMEOUT_SECS", "60")]).await;
+    app.deliver(&Delivery::new(prediction("p1", "starting", "")))
+        .await;
+    let blocker = app.block_reads().await;
+    let held = async {
+        common::eventually_counts(
+            "the batch waits on the lock",
+            app.postgres().1,
+            common::WAITING_ON_A_LOCK,
+            1,
+        )
+        .await;
+        // Pacing, not a wait for a state: the lock is held past the reads' statement timeout.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        blocker.rollback().await.expect("release the lock");
+    };
+    let processing = Delivery::new(prediction("p1", "processing", ""));
+    let (outcome, ()) = tokio::join!(app.deliver(&processing), held);
+    assert_eq!(outcome, "applied");
+}
+
 mod many_large_deliveries_at_once {
     // Clients and service on threads of their own: a gigabyte goes through both.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

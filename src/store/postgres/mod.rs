@@ -23,6 +23,10 @@ use plan::Plan;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A statement running longer than this is cancelled by the server.
 const STATEMENT_TIMEOUT: &str = "10s";
+/// The same for a batch. Its deadline is what bounds it (see `RECORD`), and a batch of large
+/// bodies on a busy server may rightly take longer than a read; this only stops a statement that
+/// the server would otherwise go on running long after its writer gave up on it.
+const WRITE_STATEMENT_TIMEOUT: &str = "5min";
 
 /// The channel on which a committed change of a prediction is announced; the payload is `t`
 /// (terminal) or `p`, then its id (see `store::Change`).
@@ -289,7 +293,10 @@ impl Postgres {
                     // Closed with the pool: a store that is shut down opens nothing more.
                     None if self.pool.is_closed() => return Err(sqlx::Error::PoolClosed),
                     None => {
-                        tokio::time::timeout(ACQUIRE_TIMEOUT, self.pool.connect_options().connect())
+                        let options = (*self.pool.connect_options())
+                            .clone()
+                            .options([("statement_timeout", WRITE_STATEMENT_TIMEOUT)]);
+                        tokio::time::timeout(ACQUIRE_TIMEOUT, options.connect())
                             .await
                             .map_err(|_| {
                                 std::io::Error::new(
