@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod ingest;
+pub mod memory;
 pub mod metrics;
 pub mod sample;
 pub mod startup;

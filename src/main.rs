@@ -110,6 +110,7 @@ fn main() -> ExitCode {
         Run::Serve(settings) => settings.log_format,
         Run::Migrate(_, log_format) => *log_format,
     });
+    prediction_inbox::memory::return_large_blocks();
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -1,14 +1,16 @@
-//! Thousands of hostile connections against the real binary: each opens, sends half a request's
-//! headers and stalls. Memory stays bounded, other clients are still served, and the header
-//! deadline closes every one of them. What is tested is the transport, which no store touches, so
-//! it runs over SQLite alone.
+//! Hostile connections against the real binary. Thousands that each open, send half a request's
+//! headers and stall: memory stays bounded, other clients are still served, and the header
+//! deadline closes every one of them. A flood of large bodies: the service holds no more than its
+//! budget. What is tested is the transport, which no store touches, so it runs over SQLite alone.
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::service::Service;
-use common::{Backend, TestStore, raise_open_files};
+use common::{Backend, TestStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -16,7 +18,7 @@ const CONNECTIONS: usize = 3000;
 
 #[tokio::test]
 async fn thousands_of_stalled_connections_cost_little_and_are_all_cut_off() {
-    let limit = raise_open_files(2 * CONNECTIONS as u64 + 1000);
+    let limit = common::limits::raise_open_files(2 * CONNECTIONS as u64 + 1000);
     assert!(
         limit > CONNECTIONS as u64 + 500,
         "this test opens {CONNECTIONS} connections and the open-files limit is {limit} (its hard \
@@ -79,4 +81,58 @@ async fn thousands_of_stalled_connections_cost_little_and_are_all_cut_off() {
     );
     service.signal("-TERM");
     assert_eq!(service.exit_code().0, Some(0));
+}
+
+/// The bodies of a flood are let go as they are cut off, and leave the process with it: its peak
+/// memory stays within the body budget and a margin, however many come and go.
+#[tokio::test]
+async fn a_flood_of_large_bodies_holds_no_more_than_the_body_budget() {
+    const BUDGET: usize = 64 << 20;
+    const ATTACKERS: usize = 64;
+    const ATTACKS: usize = 1500;
+    const BODY: usize = 16 << 20;
+    common::limits::raise_open_files(4 * ATTACKERS as u64 + 1000);
+    let store = TestStore::create(Backend::Sqlite).await;
+    let service = Service::start_with(
+        &[
+            ("DATABASE_URL", &store.url()),
+            ("INBOX_MAX_INFLIGHT_BODY_BYTES", &BUDGET.to_string()),
+        ],
+        &std::env::temp_dir(),
+    );
+    let addr = service.address.trim_start_matches("http://").to_owned();
+    let idle = service.rss_kib();
+    let attacks = Arc::new(AtomicUsize::new(0));
+    let attackers: Vec<_> = (0..ATTACKERS)
+        .map(|_| {
+            let (addr, attacks) = (addr.clone(), attacks.clone());
+            tokio::spawn(async move {
+                let mut ended = Vec::new();
+                while attacks.fetch_add(1, Ordering::Relaxed) < ATTACKS {
+                    ended.push(common::flood::large_unsigned_body(&addr, BODY).await);
+                }
+                ended
+            })
+        })
+        .collect();
+    let mut ended = std::collections::BTreeMap::<String, usize>::new();
+    for attacker in attackers {
+        for outcome in attacker.await.expect("an attacker") {
+            *ended.entry(outcome).or_default() += 1;
+        }
+    }
+    let peak = service.peak_rss_kib();
+    println!(
+        "{ATTACKS} unsigned 16 MiB bodies from {ATTACKERS} connections at a time, ended by \
+         {ended:?}: RSS {} MiB idle, {} MiB at most",
+        idle / 1024,
+        peak / 1024
+    );
+    assert_eq!(ended.values().sum::<usize>(), ATTACKS);
+    assert!(
+        peak < idle + (BUDGET as u64 >> 10) + 32 * 1024,
+        "{} MiB at most, with a budget of {} MiB",
+        peak / 1024,
+        BUDGET >> 20
+    );
 }

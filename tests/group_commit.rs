@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Backend, Delivery, TestApp, now, prediction, raise_open_files, spawn_app};
+use common::{Backend, Delivery, TestApp, now, prediction, spawn_app};
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 
@@ -193,7 +193,7 @@ async fn a_failed_batch_answers_503_to_every_delivery_in_it_and_records_none(bac
 async fn past_a_full_queue_senders_get_503_and_lose_nothing(backend: Backend) {
     // More than the queue and every writer's largest batch can hold.
     const SENDERS: usize = 2300;
-    raise_open_files(3 * SENDERS as u64 + 1000);
+    common::limits::raise_open_files(3 * SENDERS as u64 + 1000);
     let app = spawn_app(backend).await;
     let blocker = app.block_writes().await;
     let deliveries: Vec<Delivery> = (0..SENDERS)

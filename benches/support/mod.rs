@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use sqlx::{Connection, Executor, PgConnection};
 
+#[path = "../../tests/common/flood.rs"]
+pub mod flood;
+#[path = "../../tests/common/limits.rs"]
+pub mod limits;
+
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const TOKEN: &str = "bench-token-0123456789";
 

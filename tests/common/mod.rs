@@ -2,8 +2,11 @@
 //! SQLite — and a client that signs deliveries the way the platform does.
 #![allow(dead_code)] // each test binary uses its own share of these helpers
 
+pub mod flood;
+pub mod limits;
 pub mod load;
 pub mod service;
+
 mod throwaway;
 
 use std::collections::HashMap;
@@ -418,41 +421,6 @@ pub async fn spawn_app_with_faults(
         store,
         secret: SECRET.parse().expect("test secret"),
     }
-}
-
-/// Raises this process's soft limit on open files towards `wanted` (as far as the hard limit
-/// allows; the service started from it inherits it), and returns the limit now in force.
-pub fn raise_open_files(wanted: u64) -> u64 {
-    #[repr(C)]
-    struct Rlimit {
-        current: u64,
-        maximum: u64,
-    }
-    unsafe extern "C" {
-        fn getrlimit(resource: i32, limit: *mut Rlimit) -> i32;
-        fn setrlimit(resource: i32, limit: *const Rlimit) -> i32;
-    }
-    const RLIMIT_NOFILE: i32 = if cfg!(target_os = "linux") { 7 } else { 8 };
-    let mut limit = Rlimit {
-        current: 0,
-        maximum: 0,
-    };
-    // SAFETY: both calls only read or write the one struct passed, laid out as C's `rlimit`.
-    unsafe {
-        if getrlimit(RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.current < wanted {
-            let raised = Rlimit {
-                current: wanted.min(limit.maximum),
-                maximum: limit.maximum,
-            };
-            if setrlimit(RLIMIT_NOFILE, &raised) == 0 {
-                limit.current = raised.current;
-            }
-        }
-    }
-    limit.current
 }
 
 pub fn now() -> i64 {
