@@ -14,14 +14,19 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
 COPY migrations migrations
 COPY src src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+# The embedded store's folder, made here: the run stage has no shell to make it with.
+RUN mkdir -p /out/data
 
 # Run: glibc and nothing else (TLS is rustls with bundled roots), as a non-root user.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/prediction-inbox /usr/local/bin/prediction-inbox
-# distroless "nonroot" is uid 65532
+# With no DATABASE_URL, state lives in /home/nonroot/data/prediction-inbox.db: the folder belongs
+# to the service's user (distroless "nonroot", uid 65532) and is a volume, so the state outlives
+# the container; run one replica on it (README, "Choosing the store"). The service warns at start
+# when it runs on this store inside a container.
+COPY --from=build --chown=65532:65532 /out/data /home/nonroot/data
+VOLUME ["/home/nonroot/data"]
 USER 65532:65532
-# With no DATABASE_URL, state lives in /home/nonroot/data/prediction-inbox.db: mount a volume on
-# /home/nonroot/data, and run one replica (README, "Choosing the store").
 WORKDIR /home/nonroot
 EXPOSE 8080
 # Probes: GET /healthz (liveness) and GET /readyz (readiness); the image has no shell or curl,
