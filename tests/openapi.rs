@@ -130,6 +130,24 @@ async fn headers_and_problems_are_described(backend: Backend) {
             "{query}"
         );
     }
+    // The formats the service enforces are the ones the document declares.
+    let list = doc["paths"]["/v1/predictions"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let schema = |name: &str| {
+        list.iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["schema"].clone())
+            .unwrap()
+    };
+    for time in ["created_after", "created_before"] {
+        assert_eq!(schema(time)["format"], "date-time", "{time}");
+    }
+    let limit = schema("limit");
+    assert_eq!(
+        (&limit["type"], &limit["minimum"], &limit["maximum"]),
+        (&"integer".into(), &1.into(), &1000.into())
+    );
     let not_found = &doc["paths"]["/v1/predictions/{id}"]["get"]["responses"]["404"]["content"];
     assert!(
         not_found["application/problem+json"]["schema"]["$ref"]
