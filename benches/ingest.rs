@@ -96,7 +96,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = service.rss_kib();
     let target = service.address.trim_start_matches("http://").to_owned();
-    let busy_before = busy_cpu_seconds();
+    let busy_before = support::busy_cpu_seconds();
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
     let senders: Vec<_> = streams
@@ -111,7 +111,7 @@ async fn main() {
         ran_out |= exhausted;
     }
     let elapsed = started.elapsed();
-    let busy = busy_cpu_seconds() - busy_before;
+    let busy = support::busy_cpu_seconds() - busy_before;
     let (rss, peak) = service.memory();
     let metrics = reqwest::get(format!("{}/metrics", service.address))
         .await
@@ -225,25 +225,6 @@ async fn read_answer(connection: &mut TcpStream, buffer: &mut Vec<u8>) -> u16 {
         assert!(read > 0, "the service closed the connection");
         buffer.extend_from_slice(&chunk[..read]);
     }
-}
-
-/// CPU time spent by the whole machine (not idle, not waiting on I/O), from `/proc/stat`: what
-/// each delivery costs, service, database and this tool together. Steadier than the rate on a
-/// machine whose neighbours come and go.
-fn busy_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|field| field.parse().ok())
-        .collect();
-    // user, nice, system, idle, iowait, irq, softirq, steal: the first seven but idle and iowait
-    // (steal is the host's, not ours), in USER_HZ ticks, 100 a second on Linux.
-    let busy: f64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum();
-    busy / 100.0
 }
 
 fn cores() -> usize {

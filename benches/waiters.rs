@@ -2,14 +2,19 @@
 //! waiters cost in memory. Runs the real release binary in its own process against a fresh
 //! database on the test server (`TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432`).
 //!
-//!     cargo bench --bench waiters                 # 1000 waits, 10000 parked
+//!     cargo bench --bench waiters                 # 1000 waits one by one, 10000 parked
 //!     cargo bench --bench waiters -- 200 2000     # smaller
 //!     INBOX_BENCH_WRAP="valgrind --tool=massif" cargo bench --bench waiters -- 50 1000   # heap profile
 //!
 //! Latency is from the moment the terminal delivery's 2xx reaches the sender to the moment the
-//! waiting client has its answer, both seen from this process. Parked waiters are measured twice:
-//! each on its own HTTP/1.1 connection, and multiplexed over HTTP/2 (h2c, 200 streams a
-//! connection, hyper's default).
+//! waiting client has its answer, both seen from this process.
+//!
+//! First, waits one batch at a time on a quiet service. Then many at once, as a busy account
+//! makes them: every prediction exists and is `processing` with a 64 KiB body (which a waiter
+//! must not hold), a wait is parked on each — each on its own HTTP/1.1 connection, then
+//! multiplexed over HTTP/2 (h2c, 200 streams a connection, hyper's default) — and their terminal
+//! deliveries arrive at 1,000 a second. Reported: the RSS while they are parked, and the wake
+//! latency and peak RSS while they are woken.
 
 mod support;
 
@@ -23,44 +28,43 @@ use tokio::sync::Semaphore;
 const BATCH: usize = 50;
 /// Streams hyper's server allows on one HTTP/2 connection by default.
 const H2_STREAMS: usize = 200;
+/// The size of every delivery to a parked prediction.
+const BODY: usize = 64 << 10;
+/// Terminal deliveries a second while the parked waits are woken.
+const WAKE_RATE: u32 = 1000;
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
+    let args: Vec<usize> = support::args()
+        .iter()
         .filter_map(|a| a.parse().ok())
         .collect();
     let waits = args.first().copied().unwrap_or(1000);
     let parked = args.get(1).copied().unwrap_or(10_000);
+    support::limits::raise_open_files(2 * parked as u64 + 1000);
 
     let database = BenchDatabase::create("postgres").await;
-    let env = [("INBOX_MAX_WAITERS", "100000")];
+    // Room for a connection for each parked HTTP/1.1 wait.
+    let connections = (parked + 1000).to_string();
+    let env = [
+        ("INBOX_MAX_WAITERS", "100000"),
+        ("INBOX_MAX_CONNECTIONS", connections.as_str()),
+    ];
     let service = Service::start(&database.url, &env);
-    let bench = Bench::new(&service.address);
+    let bench = Bench::new(&service);
 
-    let latencies = bench.wake_latencies(waits).await;
-    println!("wake latency over {waits} waits: {}", summary(&latencies));
-
-    println!("RSS idle {} MiB", service.rss_kib() / 1024);
-    let (woken, rss, peak) = bench.park(parked, &service, "h1").await;
+    let latencies = bench.wake_latencies(&service, waits).await;
     println!(
-        "HTTP/1.1, {parked} parked waiters on as many connections: RSS {} MiB (peak {} MiB); woken afterwards: {woken}/{parked}",
-        rss / 1024,
-        peak / 1024
+        "wake latency, {waits} waits {BATCH} at a time: {}",
+        summary(&latencies)
     );
+    println!("RSS idle {} MiB", service.rss_kib() / 1024);
+    bench.park(&service, parked, "h1").await;
     drop(service);
 
     // A fresh process, so the first run's peak does not count here.
     let service = Service::start(&database.url, &env);
-    let bench = Bench::new(&service.address);
-    let (woken, rss, peak) = bench.park(parked, &service, "h2").await;
-    println!(
-        "HTTP/2, {parked} parked waiters on {} connections: RSS {} MiB (peak {} MiB); woken afterwards: {woken}/{parked}",
-        parked.div_ceil(H2_STREAMS),
-        rss / 1024,
-        peak / 1024
-    );
-
+    Bench::new(&service).park(&service, parked, "h2").await;
     drop(service);
     database.drop_it().await;
 }
@@ -73,65 +77,87 @@ struct Bench {
 }
 
 impl Bench {
-    fn new(address: &str) -> Self {
+    fn new(service: &Service) -> Self {
         Self {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(90))
                 .build()
                 .unwrap(),
-            address: address.to_owned(),
+            address: service.address.clone(),
             secret: Arc::new(SECRET.parse().unwrap()),
         }
     }
 
-    /// A small delivery of `status` for prediction `id`, signed and sent as `send-test` sends.
-    async fn deliver(&self, id: &str, status: &str) {
+    /// A delivery of `status` for prediction `id`, its logs making it about `bytes` long, signed
+    /// and sent as `send-test` sends.
+    async fn deliver(&self, id: &str, status: &str, bytes: usize) {
+        let logs = "x".repeat(bytes.saturating_sub(128));
         let body = format!(
-            r#"{{"id":"{id}","status":"{status}","created_at":"2024-01-01T00:00:00Z","logs":"","output":null}}"#
+            r#"{{"id":"{id}","status":"{status}","created_at":"2024-01-01T00:00:00Z","logs":"{logs}","output":null}}"#
         );
         let url = format!("{}/webhooks/replicate", self.address);
         let answer = prediction_inbox::sample::send(&self.client, &url, &self.secret, body)
             .await
             .unwrap();
-        assert!((200..300).contains(&answer.status), "{}", answer.status);
+        assert!(
+            (200..300).contains(&answer.status),
+            "{} {}",
+            answer.status,
+            answer.body
+        );
     }
 
-    /// Starts a 60 s wait; resolves to when its answer arrived and whether it was a 200.
-    fn wait(&self, id: String) -> tokio::task::JoinHandle<(Instant, bool)> {
-        self.wait_with(self.client.clone(), id)
-    }
-
-    fn wait_with(
+    /// Starts a 60 s wait over `client`; resolves to when its answer arrived and whether it was
+    /// a 200.
+    fn wait(
         &self,
         client: reqwest::Client,
         id: String,
     ) -> tokio::task::JoinHandle<(Instant, bool)> {
-        let this = self.clone();
+        let url = format!("{}/v1/predictions/{id}", self.address);
         tokio::spawn(async move {
             let response = client
-                .get(format!("{}/v1/predictions/{id}", this.address))
+                .get(url)
                 .bearer_auth(TOKEN)
                 .header("prefer", "wait=60")
                 .send()
                 .await;
-            let ok = response.map(|r| r.status() == 200).unwrap_or(false);
+            let ok = match response {
+                // The whole answer, as a client would read it.
+                Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
+                Err(_) => false,
+            };
             (Instant::now(), ok)
         })
     }
 
-    async fn wake_latencies(&self, waits: usize) -> Vec<Duration> {
+    /// Until `service` has `n` waits parked: each then measures a wake-up, not a read.
+    async fn parked(service: &Service, n: usize) {
+        let started = Instant::now();
+        while service.metric("inbox_waiters").await < n as f64 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the waits were not all parked"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wake_latencies(&self, service: &Service, waits: usize) -> Vec<Duration> {
         let mut latencies = Vec::with_capacity(waits);
         for batch in 0..waits.div_ceil(BATCH) {
             let ids: Vec<String> = (0..BATCH).map(|i| format!("lat{batch}_{i}")).collect();
             for id in &ids {
-                self.deliver(id, "processing").await;
+                self.deliver(id, "processing", 0).await;
             }
-            let waiting: Vec<_> = ids.iter().map(|id| self.wait(id.clone())).collect();
-            // Long enough for every wait to be parked, so each one measures a wake-up.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            let waiting: Vec<_> = ids
+                .iter()
+                .map(|id| self.wait(self.client.clone(), id.clone()))
+                .collect();
+            Self::parked(service, BATCH).await;
             let mut acknowledged = Vec::new();
             for id in &ids {
-                self.deliver(id, "succeeded").await;
+                self.deliver(id, "succeeded", 0).await;
                 acknowledged.push(Instant::now());
             }
             for (waiter, acked) in waiting.into_iter().zip(acknowledged) {
@@ -144,9 +170,25 @@ impl Bench {
         latencies
     }
 
-    /// Parks `n` waits on unknown ids, measures the service, then finishes each prediction and
-    /// counts the waits answered 200 — proof that every one was parked and woken.
-    async fn park(&self, n: usize, service: &Service, protocol: &str) -> (usize, u64, u64) {
+    /// Makes `n` predictions `processing`, parks a wait on each, then delivers their terminal
+    /// states at `WAKE_RATE`; reports memory and wake latency, and checks every wait got its 200.
+    async fn park(&self, service: &Service, n: usize, protocol: &str) {
+        let ids: Vec<String> = (0..n).map(|i| format!("parked{i}_{protocol}")).collect();
+        let limit = Arc::new(Semaphore::new(32));
+        let creating: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (this, limit, id) = (self.clone(), limit.clone(), id.clone());
+                tokio::spawn(async move {
+                    let _permit = limit.acquire().await.unwrap();
+                    this.deliver(&id, "processing", BODY).await;
+                })
+            })
+            .collect();
+        for task in creating {
+            task.await.unwrap();
+        }
+
         // One HTTP/2 client per connection's worth of streams; HTTP/1.1 opens a connection a request.
         let h2_clients: Vec<reqwest::Client> = (0..n.div_ceil(H2_STREAMS))
             .map(|_| {
@@ -157,38 +199,82 @@ impl Bench {
                     .unwrap()
             })
             .collect();
-        let mut waiting = Vec::with_capacity(n);
-        for i in 0..n {
-            let client = match protocol {
-                "h2" => h2_clients[i / H2_STREAMS].clone(),
-                _ => self.client.clone(),
-            };
-            waiting.push(self.wait_with(client, format!("parked{i}_{protocol}")));
-            if i % 500 == 499 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let (rss, peak) = service.memory();
-
-        let limit = Arc::new(Semaphore::new(32));
-        let finishing: Vec<_> = (0..n)
-            .map(|i| {
-                let (this, limit, protocol) = (self.clone(), limit.clone(), protocol.to_owned());
-                tokio::spawn(async move {
-                    let _permit = limit.acquire().await.unwrap();
-                    this.deliver(&format!("parked{i}_{protocol}"), "succeeded")
-                        .await;
-                })
+        let waiting: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let client = match protocol {
+                    "h2" => h2_clients[i / H2_STREAMS].clone(),
+                    _ => self.client.clone(),
+                };
+                self.wait(client, id.clone())
             })
             .collect();
+        let created_rss = service.rss_kib();
+        Self::parked(service, n).await;
+        let (parked_rss, _) = service.memory();
+        service.reset_peak();
+
+        let mut ticks = tokio::time::interval(Duration::from_secs(1) / WAKE_RATE);
+        let cpu = (
+            service.cpu_seconds(),
+            support::process_cpu_seconds("self"),
+            support::busy_cpu_seconds(),
+            support::postgres_cpu_seconds(),
+        );
+        let started = Instant::now();
+        let mut finishing = Vec::with_capacity(n);
+        for id in &ids {
+            ticks.tick().await;
+            let (this, id) = (self.clone(), id.clone());
+            finishing.push(tokio::spawn(async move {
+                this.deliver(&id, "succeeded", BODY).await;
+                Instant::now()
+            }));
+        }
+        let mut acknowledged = Vec::with_capacity(n);
         for task in finishing {
-            task.await.unwrap();
+            acknowledged.push(task.await.unwrap());
         }
-        let mut woken = 0;
-        for waiter in waiting {
-            woken += usize::from(waiter.await.unwrap().1);
+        let sent_in = started.elapsed();
+        let (mut latencies, mut woken) = (Vec::with_capacity(n), 0);
+        for (waiter, acked) in waiting.into_iter().zip(acknowledged) {
+            let (answered, ok) = waiter.await.unwrap();
+            woken += usize::from(ok);
+            latencies.push(answered.saturating_duration_since(acked));
         }
-        (woken, rss, peak)
+        let (_, waking_peak) = service.memory();
+        let cpu = (
+            service.cpu_seconds() - cpu.0,
+            support::process_cpu_seconds("self") - cpu.1,
+            support::busy_cpu_seconds() - cpu.2,
+            support::postgres_cpu_seconds() - cpu.3,
+        );
+        let connections = match protocol {
+            "h2" => format!("{} HTTP/2 connections", n.div_ceil(H2_STREAMS)),
+            _ => format!("{n} HTTP/1.1 connections"),
+        };
+        println!(
+            "{n} waits parked on processing predictions of {} KiB, over {connections}: RSS {} MiB ({} MiB before they were parked)",
+            BODY >> 10,
+            parked_rss / 1024,
+            created_rss / 1024
+        );
+        println!(
+            "  terminal deliveries sent in {:.1} s ({:.0}/s): {woken}/{n} woken with 200; wake latency {}; peak RSS while waking {} MiB",
+            sent_in.as_secs_f64(),
+            n as f64 / sent_in.as_secs_f64(),
+            summary(&latencies),
+            waking_peak / 1024
+        );
+        println!(
+            "  CPU while waking: service {:.2} s, Postgres {:.2} s, this benchmark {:.2} s, the whole machine {:.2} s, of {:.2} s on {} cores",
+            cpu.0,
+            cpu.3,
+            cpu.1,
+            cpu.2,
+            started.elapsed().as_secs_f64(),
+            std::thread::available_parallelism().map_or(1, usize::from)
+        );
     }
 }

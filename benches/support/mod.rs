@@ -146,6 +146,32 @@ impl Service {
     pub fn rss_kib(&self) -> u64 {
         self.memory().0
     }
+
+    /// CPU time the service has spent, user and system, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        process_cpu_seconds(&self.child.id().to_string())
+    }
+
+    /// Starts the peak over: from now on it is the most the resident set reaches from here.
+    pub fn reset_peak(&self) {
+        // `5`: reset the high-water mark to the current resident set (proc(5), clear_refs).
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
+            .expect("reset the service's peak RSS");
+    }
+
+    /// The value of the metric `name` (a line without labels) in the service's `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.address))
+            .await
+            .expect("/metrics")
+            .text()
+            .await
+            .expect("/metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
 }
 
 impl Drop for Service {
@@ -163,6 +189,57 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU time spent by the whole machine (not idle, not waiting on I/O), from `/proc/stat`: what
+/// each delivery costs, service, database and this tool together. Steadier than the rate on a
+/// machine whose neighbours come and go.
+pub fn busy_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    // user, nice, system, idle, iowait, irq, softirq, steal: the first seven but idle and iowait
+    // (steal is the host's, not ours), in USER_HZ ticks, 100 a second on Linux.
+    let busy: f64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum();
+    busy / 100.0
+}
+
+/// CPU time, user and system, that the Postgres server's processes now running have spent, in
+/// seconds (a backend that exits takes its share with it).
+pub fn postgres_cpu_seconds() -> f64 {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    processes
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|name| name.trim() == "postgres")
+        })
+        .map(|pid| process_cpu_seconds(&pid))
+        .sum()
+}
+
+/// CPU time, user and system, that the process `pid` (`self` for this one) has spent, seconds.
+pub fn process_cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses: utime and stime are fields 14 and 15 of the line,
+    // in USER_HZ ticks, 100 a second on Linux.
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .map(|field| field.parse().unwrap_or(0.0))
+        .collect();
+    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
 }
 
 pub fn summary(latencies: &[Duration]) -> String {
