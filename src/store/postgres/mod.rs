@@ -27,6 +27,13 @@ const STATEMENT_TIMEOUT: &str = "10s";
 /// bodies on a busy server may rightly take longer than a read; this only stops a statement that
 /// the server would otherwise go on running long after its writer gave up on it.
 const WRITE_STATEMENT_TIMEOUT: &str = "5min";
+/// Memory the batch statement may use for each of its steps before it spills to temporary files.
+/// Its bodies pass through three of them (the batch's rows, their comparison with the stored
+/// states, the insert's sort by key): at the default 4 MB, a batch of 64 KiB bodies wrote
+/// gigabytes of temporary files and cost Postgres twice the CPU. This covers the largest batch
+/// (`ingest::MAX_BATCH_BYTES`, 64 MiB) in each; a batch of ordinary deliveries uses a few
+/// hundred KiB.
+const WRITE_WORK_MEM: &str = "256MB";
 
 /// The channel on which a committed change of a prediction is announced; the payload is `t`
 /// (terminal) or `p`, then its id (see `store::Change`).
@@ -295,7 +302,10 @@ impl Postgres {
                     None => {
                         let options = (*self.pool.connect_options())
                             .clone()
-                            .options([("statement_timeout", WRITE_STATEMENT_TIMEOUT)]);
+                            .options([
+                                ("statement_timeout", WRITE_STATEMENT_TIMEOUT),
+                                ("work_mem", WRITE_WORK_MEM),
+                            ]);
                         tokio::time::timeout(ACQUIRE_TIMEOUT, options.connect())
                             .await
                             .map_err(|_| {
