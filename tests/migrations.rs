@@ -374,6 +374,22 @@ async fn predictions_pages_keep_room_for_the_next_versions_of_their_rows() {
     assert_eq!(options, ["fillfactor=70"]);
 }
 
+/// New bodies are compressed with lz4 (migration `bodies_compressed_with_lz4`), where this
+/// server can: the project's Postgres can.
+#[tokio::test]
+async fn bodies_are_compressed_with_lz4() {
+    let app = spawn_app(Backend::Postgres).await;
+    let logs = "step 1 of 8 done\n".repeat(1000);
+    app.deliver(&Delivery::new(prediction("p1", "processing", &logs)))
+        .await;
+    let compression: Option<String> =
+        sqlx::query_scalar("SELECT pg_column_compression(body) FROM deliveries")
+            .fetch_one(app.postgres().1)
+            .await
+            .unwrap();
+    assert_eq!(compression.as_deref(), Some("lz4"));
+}
+
 /// A prediction's status changes at almost every step of its life, and the way from `starting` to
 /// `processing`, and on through more `processing`, must still be heap-only: no index of
 /// `predictions` may change with it, or every update writes to all of them (migration
