@@ -4,6 +4,7 @@
 //!
 //!     cargo bench --bench waiters                 # 1000 waits one by one, 10000 parked
 //!     cargo bench --bench waiters -- 200 2000     # smaller
+//!     cargo bench --bench waiters -- 200 2000 h2  # parked over HTTP/2 alone
 //!     INBOX_BENCH_WRAP="valgrind --tool=massif" cargo bench --bench waiters -- 50 1000   # heap profile
 //!
 //! Latency is from the moment the terminal delivery's 2xx reaches the sender to the moment the
@@ -35,12 +36,15 @@ const WAKE_RATE: u32 = 1000;
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<usize> = support::args()
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let words = support::args();
+    let args: Vec<usize> = words.iter().filter_map(|a| a.parse().ok()).collect();
     let waits = args.first().copied().unwrap_or(1000);
     let parked = args.get(1).copied().unwrap_or(10_000);
+    // `h1` or `h2` parks over that protocol alone; both by default.
+    let only = words
+        .iter()
+        .find(|w| w.starts_with('h'))
+        .map(String::as_str);
     support::limits::raise_open_files(2 * parked as u64 + 1000);
 
     let database = BenchDatabase::create("postgres").await;
@@ -59,13 +63,14 @@ async fn main() {
         summary(&latencies)
     );
     println!("RSS idle {} MiB", service.rss_kib() / 1024);
-    bench.park(&service, parked, "h1").await;
     drop(service);
-
-    // A fresh process, so the first run's peak does not count here.
-    let service = Service::start(&database.url, &env);
-    Bench::new(&service).park(&service, parked, "h2").await;
-    drop(service);
+    for protocol in ["h1", "h2"] {
+        if only.is_none_or(|only| only == protocol) {
+            // A fresh process each time, so that one run's peak does not count in the next.
+            let service = Service::start(&database.url, &env);
+            Bench::new(&service).park(&service, parked, protocol).await;
+        }
+    }
     database.drop_it().await;
 }
 
@@ -131,12 +136,21 @@ impl Bench {
         })
     }
 
-    /// Until `service` has `n` waits parked: each then measures a wake-up, not a read.
+    /// Until `service` has `n` waits parked: registered, and done with the read each makes before
+    /// it sleeps (no pooled connection in use). Each then measures a wake-up, not a queue of
+    /// first reads.
     async fn parked(service: &Service, n: usize) {
         let started = Instant::now();
-        while service.metric("inbox_waiters").await < n as f64 {
+        loop {
+            let waiting = service.metric("inbox_waiters").await;
+            let reading = service
+                .metric(r#"inbox_db_pool_connections{state="in_use"}"#)
+                .await;
+            if waiting >= n as f64 && reading == 0.0 {
+                return;
+            }
             assert!(
-                started.elapsed() < Duration::from_secs(60),
+                started.elapsed() < Duration::from_secs(120),
                 "the waits were not all parked"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;

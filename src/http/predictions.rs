@@ -138,21 +138,17 @@ async fn read_or_wait(
         return Ok(answer(state.store.prediction(id).await?, Some(0)));
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
-    loop {
-        // Read, and let go of, the state: a parked wait holds no body.
-        let current = state.store.prediction(id).await?;
-        if current.as_ref().is_some_and(StoredPrediction::is_terminal) {
-            return Ok(answer(current, Some(wait)));
-        }
-        drop(current);
+    // Whether the prediction is finished, asked without its body: a parked wait holds none, and
+    // reads it once, when it answers.
+    while state.store.finished(id).await? != Some(true) {
         // Woken only when a change makes the prediction terminal (or when changes may have been
-        // missed): then it is read again.
+        // missed): then it is asked again.
         tokio::select! {
             woken = registration.changed() => if !woken { break },
             () = tokio::time::sleep_until(deadline) => break,
         }
     }
-    // The state as it is at the deadline (or at shutdown), read again.
+    // The state as it is now: finished, or at the deadline (or at shutdown).
     Ok(answer(state.store.prediction(id).await?, Some(wait)))
 }
 

@@ -71,6 +71,10 @@ pub trait Storage: Send + Sync + 'static {
     /// A prediction's latest state.
     async fn prediction(&self, id: &str) -> Result<Option<StoredPrediction>, StoreError>;
 
+    /// Whether a prediction's latest state is terminal (`None`: never received), without reading
+    /// its body: what a wait needs to know before it sleeps.
+    async fn finished(&self, id: &str) -> Result<Option<bool>, StoreError>;
+
     /// A page of latest states, walked by keyset over `(created_at, id)`.
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
 

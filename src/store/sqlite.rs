@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, broadcast};
 use tokio::time::Instant;
 
-use crate::domain::Prediction;
+use crate::domain::{Prediction, Status};
 use crate::store::{
     self, Change, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage, StoreError,
     StoredPrediction,
@@ -186,6 +186,16 @@ impl Storage for Sqlite {
                 .fetch_optional(&self.readers)
                 .await?;
         Ok(row.map(Row::into_stored).transpose()?)
+    }
+
+    async fn finished(&self, id: &str) -> Result<Option<bool>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT progress_rank = $2 FROM predictions WHERE id = $1")
+                .bind(id)
+                .bind(Status::TERMINAL_RANK)
+                .fetch_optional(&self.readers)
+                .await?,
+        )
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {

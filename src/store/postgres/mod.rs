@@ -12,6 +12,7 @@ use sqlx::{ConnectOptions, Connection, Executor};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::domain::Status;
 use crate::store::{
     self, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage, StoreError, StoredPrediction,
     keyset::{self, StatusIndex},
@@ -229,6 +230,18 @@ impl Storage for Postgres {
         Ok(found)
     }
 
+    async fn finished(&self, id: &str) -> Result<Option<bool>, StoreError> {
+        let found = self
+            .live(|| {
+                sqlx::query_scalar("SELECT progress_rank = $2 FROM predictions WHERE id = $1")
+                    .bind(id)
+                    .bind(Status::TERMINAL_RANK)
+                    .fetch_optional(&self.pool)
+            })
+            .await?;
+        Ok(found)
+    }
+
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let rows = self
             .live(|| async {
@@ -300,12 +313,10 @@ impl Postgres {
                     // Closed with the pool: a store that is shut down opens nothing more.
                     None if self.pool.is_closed() => return Err(sqlx::Error::PoolClosed),
                     None => {
-                        let options = (*self.pool.connect_options())
-                            .clone()
-                            .options([
-                                ("statement_timeout", WRITE_STATEMENT_TIMEOUT),
-                                ("work_mem", WRITE_WORK_MEM),
-                            ]);
+                        let options = (*self.pool.connect_options()).clone().options([
+                            ("statement_timeout", WRITE_STATEMENT_TIMEOUT),
+                            ("work_mem", WRITE_WORK_MEM),
+                        ]);
                         tokio::time::timeout(ACQUIRE_TIMEOUT, options.connect())
                             .await
                             .map_err(|_| {
