@@ -402,3 +402,28 @@ async fn send_test_delivers_a_whole_signed_life_and_reports_each_answer() {
 }
 
 crate::on_each_backend!(nothing_acknowledged_is_lost_across_kill_9_and_sigterm_exits_0);
+
+/// Every setting the service reads is in the README's table and in the example config file.
+#[test]
+fn every_setting_is_documented_in_the_readme_and_the_example() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |path: &str| std::fs::read_to_string(root.join(path)).expect(path);
+    let config = read("src/config/mod.rs");
+    let (readme, example) = (
+        read("README.md"),
+        read("config/prediction-inbox.env.example"),
+    );
+    // Every string literal naming a setting; `INBOX_CONFIG`, where the file itself is, is told
+    // above the table and at the top of the example.
+    let keys: std::collections::BTreeSet<&str> = config
+        .match_indices("\"INBOX_")
+        .filter_map(|(at, _)| config[at + 1..].split('"').next())
+        .filter(|key| key.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+        .filter(|key| *key != "INBOX_CONFIG")
+        .collect();
+    assert!(keys.len() > 10, "{keys:?}");
+    for key in keys {
+        assert!(readme.contains(&format!("| `{key}` |")), "README: {key}");
+        assert!(example.contains(&format!("{key}=")), "example: {key}");
+    }
+}
