@@ -38,7 +38,7 @@ pub type Caller = usize;
 
 struct Inner {
     /// Per prediction id: a generation counter for every change and one for terminal changes, each
-    /// bumped on a wake-up, and how many wait on them.
+    /// bumped on a wake-up and made when its first waiter comes, and how many wait on them.
     waiting: Mutex<HashMap<String, Waiting>>,
     count: AtomicUsize,
     max: usize,
@@ -49,8 +49,8 @@ struct Inner {
 }
 
 struct Waiting {
-    every: watch::Sender<u64>,
-    terminal: watch::Sender<u64>,
+    every: Option<watch::Sender<u64>>,
+    terminal: Option<watch::Sender<u64>>,
     waiters: usize,
 }
 
@@ -111,15 +111,18 @@ impl Changes {
         }
         let mut waiting = self.lock();
         let entry = waiting.entry(id.to_owned()).or_insert_with(|| Waiting {
-            every: watch::channel(0).0,
-            terminal: watch::channel(0).0,
+            every: None,
+            terminal: None,
             waiters: 0,
         });
         entry.waiters += 1;
         let receiver = match interest {
-            Interest::Every => entry.every.subscribe(),
-            Interest::Terminal => entry.terminal.subscribe(),
-        };
+            Interest::Every => &mut entry.every,
+            Interest::Terminal => &mut entry.terminal,
+        }
+        // A channel is some 350 bytes: a wait on a prediction has no use for the other one.
+        .get_or_insert_with(|| watch::channel(0).0)
+        .subscribe();
         Ok(Registration {
             changes: self.clone(),
             id: id.to_owned(),
@@ -148,9 +151,9 @@ impl Changes {
     /// Wakes the waiters interested in this change of a prediction.
     pub fn wake(&self, change: &Change) {
         if let Some(waiting) = self.lock().get(&change.id) {
-            waiting.every.send_modify(|generation| *generation += 1);
+            bump(&waiting.every);
             if change.terminal {
-                waiting.terminal.send_modify(|generation| *generation += 1);
+                bump(&waiting.terminal);
             }
         }
     }
@@ -158,8 +161,8 @@ impl Changes {
     /// Wakes every waiter, to re-read what a gap in listening may have hidden.
     pub fn wake_all(&self) {
         for waiting in self.lock().values() {
-            waiting.every.send_modify(|generation| *generation += 1);
-            waiting.terminal.send_modify(|generation| *generation += 1);
+            bump(&waiting.every);
+            bump(&waiting.terminal);
         }
     }
 
@@ -172,6 +175,13 @@ impl Changes {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Waiting>> {
         lock(&self.inner.waiting)
+    }
+}
+
+/// Wakes the waiters on `generation`, if any ever came.
+fn bump(generation: &Option<watch::Sender<u64>>) {
+    if let Some(generation) = generation {
+        generation.send_modify(|count| *count += 1);
     }
 }
 
