@@ -35,6 +35,10 @@ const WRITE_STATEMENT_TIMEOUT: &str = "5min";
 /// (`ingest::MAX_BATCH_BYTES`, 64 MiB) in each; a batch of ordinary deliveries uses a few
 /// hundred KiB.
 const WRITE_WORK_MEM: &str = "256MB";
+/// After a batch whose bodies came to more than this, the writer's connection lets go of the
+/// buffer it grew to send them: kept, it stayed at the size of the largest batch ever sent (4 MiB
+/// after deliveries of 64 KiB, up to the batch bound). An ordinary batch stays well below it.
+const SHRINK_AFTER_BYTES: usize = 1024 * 1024;
 
 /// The channel on which a committed change of a prediction is announced; the payload is `t`
 /// (terminal) or `p`, then its id (see `store::Change`).
@@ -292,6 +296,7 @@ impl Postgres {
         let timestamps = column(&rows, NewDelivery::webhook_timestamp);
         let received_at = column(&rows, |d| d.received_at);
         let bodies = column(&rows, |d| d.body.as_str());
+        let large = bodies.iter().map(|body| body.len()).sum::<usize>() > SHRINK_AFTER_BYTES;
         let offered = plan.offered();
         let leads = plan.leads();
         let statuses = column(&rows, NewDelivery::status);
@@ -347,6 +352,9 @@ impl Postgres {
                     .fetch_one(&mut connection)
                     .await;
                 if still_usable(&applied) {
+                    if large {
+                        connection.shrink_buffers();
+                    }
                     *kept = Some(connection);
                 }
                 applied
