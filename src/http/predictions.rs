@@ -26,7 +26,7 @@ use super::error::{PROBLEM_JSON, Problem};
 use super::{ApiError, AppState, Settings, timeout};
 use crate::changes::{Interest, Refused, Registration};
 use crate::domain::PredictionId;
-use crate::store::{Direction, ListQuery, Page, Position, Store, StoredPrediction};
+use crate::store::{Direction, ListQuery, Page, Position, Store, StoreError, StoredPrediction};
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
@@ -114,13 +114,8 @@ async fn get_one(
     Path(id): Path<String>,
     WaitPreference(wait): WaitPreference,
 ) -> Result<Response, ApiError> {
-    // This route's bound lives here rather than in a timeout layer: a layer boxes one more future
-    // for every parked wait, and waits are what this route holds by the thousand.
     let id = receivable(id)?;
-    let budget = state.settings.request_timeout + Duration::from_secs(wait.unwrap_or(0));
-    tokio::time::timeout(budget, read_or_wait(&state, &id, wait, caller))
-        .await
-        .map_err(|_| ApiError::TimedOut)?
+    read_or_wait(&state, &id, wait, caller).await
 }
 
 async fn read_or_wait(
@@ -129,18 +124,24 @@ async fn read_or_wait(
     wait: Option<u64>,
     caller: usize,
 ) -> Result<Response, ApiError> {
+    // This route's bounds live here rather than in a timeout layer: a layer, or a timeout around
+    // the whole wait, is one more future and timer for every parked wait, and waits are what this
+    // route holds by the thousand. Each read is bounded by the request timeout, the wait by its
+    // own deadline.
+    let bound = state.settings.request_timeout;
+    let read = || bounded(bound, state.store.prediction(id));
     let Some(wait) = wait else {
-        return Ok(answer(state.store.prediction(id).await?, None));
+        return Ok(answer(read().await?, None));
     };
     // Registered before the first read, so a change committed in between still wakes this wait.
     let Ok(mut registration) = state.changes.register(id, Interest::Terminal, caller) else {
         // Too many waiters already: the state now, and a header that says no wait was applied.
-        return Ok(answer(state.store.prediction(id).await?, Some(0)));
+        return Ok(answer(read().await?, Some(0)));
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     // Whether the prediction is finished, asked without its body: a parked wait holds none, and
     // reads it once, when it answers.
-    while state.store.finished(id).await? != Some(true) {
+    while bounded(bound, state.store.finished(id)).await? != Some(true) {
         // Woken only when a change makes the prediction terminal (or when changes may have been
         // missed): then it is asked again.
         tokio::select! {
@@ -149,7 +150,17 @@ async fn read_or_wait(
         }
     }
     // The state as it is now: finished, or at the deadline (or at shutdown).
-    Ok(answer(state.store.prediction(id).await?, Some(wait)))
+    Ok(answer(read().await?, Some(wait)))
+}
+
+/// A database call that gives up after `limit`, answered 503.
+async fn bounded<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, ApiError> {
+    Ok(tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| ApiError::TimedOut)??)
 }
 
 /// The id, if a delivery could ever carry it. Any other (empty, over 1024 bytes, with a NUL, which
