@@ -12,6 +12,10 @@ mod keyset;
 mod postgres;
 mod sqlite;
 
+/// The in-memory half of a Postgres batch: which deliveries are new, lead their prediction, are
+/// offered to the upsert. Public for the deterministic replay (`benches/replay.rs`).
+pub use postgres::plan::Plan as BatchPlan;
+
 use std::sync::Arc;
 
 use serde::Serialize;

@@ -2,7 +2,7 @@
 //! `NOTIFY` inside the transaction that makes them, so every process hears each commit.
 
 mod listen;
-mod plan;
+pub(super) mod plan;
 
 use std::str::FromStr;
 use std::time::Duration;
