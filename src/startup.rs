@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::changes::{self, Changes};
 use crate::config::{DatabaseUrl, Settings};
-use crate::http::{self, AppState, BodyBudget};
+use crate::http::{self, BodyBudget};
 use crate::ingest::{Faults, Writer};
 use crate::store::{self, Store, StoreError};
 use crate::supervisor::{Role, Supervisor};
@@ -100,7 +100,7 @@ impl Application {
             stream_max: settings.stream_max,
         };
         let bodies = BodyBudget::new(settings.max_inflight_body_bytes);
-        let state = AppState::new(
+        let router = http::router(
             http::Parts {
                 store: store.clone(),
                 writer: writer.clone(),
@@ -113,7 +113,7 @@ impl Application {
         );
         Ok(Self {
             listener,
-            router: http::router(state),
+            router,
             store,
             changes,
             supervisor,

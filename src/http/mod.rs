@@ -70,6 +70,9 @@ pub struct Shared {
     health: Health,
     last_count: metrics::LastCount,
     settings: Settings,
+    /// The OpenAPI description served at `/openapi.json`, rendered once from the routes; each
+    /// answer shares it.
+    description: axum::body::Bytes,
 }
 
 /// The parts the HTTP edge works with.
@@ -83,7 +86,7 @@ pub struct Parts {
 }
 
 impl AppState {
-    pub fn new(parts: Parts, mut settings: Settings) -> Self {
+    fn new(parts: Parts, mut settings: Settings, description: axum::body::Bytes) -> Self {
         settings.public_url = settings
             .public_url
             .map(|url| url.trim_end_matches('/').to_owned());
@@ -96,6 +99,7 @@ impl AppState {
             health: parts.health,
             last_count: metrics::LastCount::default(),
             settings,
+            description,
         }))
     }
 }
@@ -108,15 +112,15 @@ impl std::ops::Deref for AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    let settings = &state.settings;
+/// The service's routes over `parts`, and the description of them that `/openapi.json` serves.
+pub fn router(parts: Parts, settings: Settings) -> Router {
     let (router, description) = openapi::router()
-        .merge(webhooks::router(settings))
-        .merge(predictions::router(settings))
-        .merge(health::router(settings))
-        .merge(metrics::router(settings))
+        .merge(webhooks::router(&settings))
+        .merge(predictions::router(&settings))
+        .merge(health::router(&settings))
+        .merge(metrics::router(&settings))
         .split_for_parts();
-    openapi::publish(&description);
+    let state = AppState::new(parts, settings, openapi::render(&description).into());
     router
         .fallback(|| async { ApiError::NotFound("there is no such route".into()) })
         .with_state(state)

@@ -1,8 +1,7 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 description of every route, generated from the handlers'
 //! own annotations as the routes are registered, so the two cannot drift apart.
 
-use std::sync::OnceLock;
-
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -38,16 +37,11 @@ impl Modify for BearerTokens {
     }
 }
 
-/// The description as served, rendered once. It follows from the code alone, never from settings,
-/// so one copy serves every instance in the process.
-static DESCRIPTION: OnceLock<String> = OnceLock::new();
-
-/// Renders `openapi` as the description to serve; the first call wins, and every call passes the
-/// same document.
-pub fn publish(openapi: &utoipa::openapi::OpenApi) {
+/// `openapi` as the description to serve, rendered once when the router is built.
+pub fn render(openapi: &utoipa::openapi::OpenApi) -> String {
     // Serialising a document of plain strings and maps cannot fail; an empty object is the
     // answer if it ever did.
-    DESCRIPTION.get_or_init(|| openapi.to_json().unwrap_or_else(|_| "{}".into()));
+    openapi.to_json().unwrap_or_else(|_| "{}".into())
 }
 
 /// The router every other one merges into; its document is the one served.
@@ -59,14 +53,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 description of this service", body = Object,
         content_type = "application/json")))]
-async fn describe() -> Response {
-    let description = DESCRIPTION.get().map_or("{}", String::as_str);
+async fn describe(State(state): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        description,
+        state.description.clone(),
     )
         .into_response()
 }
