@@ -130,6 +130,20 @@ async fn headers_and_problems_are_described(backend: Backend) {
             "{query}"
         );
     }
+    // A receipt's status is one of the store's outcomes, by their one spelling.
+    let receipt = &doc["components"]["schemas"]["Receipt"]["properties"]["status"];
+    let outcome = match receipt["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference.trim_start_matches("#/components/schemas/");
+            doc["components"]["schemas"][name].clone()
+        }
+        None => receipt.clone(),
+    };
+    assert_eq!(
+        outcome["enum"],
+        serde_json::json!(["applied", "ignored", "duplicate"]),
+        "{receipt}"
+    );
     // The formats the service enforces are the ones the document declares.
     let list = doc["paths"]["/v1/predictions"]["get"]["parameters"]
         .as_array()

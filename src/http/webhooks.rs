@@ -53,7 +53,31 @@ async fn count_too_large(response: Response) -> Response {
 /// The answer to a delivery that was recorded, or recognised as already recorded.
 #[derive(Serialize, ToSchema)]
 pub struct Receipt {
-    status: Outcome,
+    status: Recorded,
+}
+
+/// What recording the delivery did, by the store's own name for it.
+struct Recorded(Outcome);
+
+impl Serialize for Recorded {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.as_str())
+    }
+}
+
+impl utoipa::PartialSchema for Recorded {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .enum_values(Some(Outcome::ALL.map(Outcome::as_str)))
+            .into()
+    }
+}
+
+impl ToSchema for Recorded {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Outcome".into()
+    }
 }
 
 /// A delivery from the platform: a whole prediction object, signed with Standard Webhooks.
@@ -110,7 +134,9 @@ async fn receive(
                 metrics::rejected(RejectReason::Body);
             }
         })?;
-    Ok(Json(Receipt { status }))
+    Ok(Json(Receipt {
+        status: Recorded(status),
+    }))
 }
 
 fn rejected(rejection: &Rejection) {

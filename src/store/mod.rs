@@ -18,7 +18,6 @@ pub use postgres::plan::Plan as BatchPlan;
 
 use std::sync::Arc;
 
-use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
@@ -169,8 +168,7 @@ impl StoreError {
 }
 
 /// What recording one delivery did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The delivery is now the prediction's latest state.
     Applied,
@@ -181,6 +179,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Self; 3] = [Self::Applied, Self::Ignored, Self::Duplicate];
+
+    /// Its name, as the API answers it and metrics and logs label it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Applied => "applied",
