@@ -26,7 +26,8 @@ pub enum Status {
 }
 
 impl Status {
-    /// The statuses the platform documents; anything else is kept but counted as "other".
+    /// The statuses the platform documents, in the order of the variants above: the one place
+    /// their names are written. Anything else is kept but counted as "other".
     pub const KNOWN: [&'static str; 6] = [
         "starting",
         "processing",
@@ -39,27 +40,28 @@ impl Status {
     pub const TERMINAL_RANK: i16 = 2;
 
     pub fn parse(value: &str) -> Self {
-        match value {
-            "starting" => Self::Starting,
-            "processing" => Self::Processing,
-            "succeeded" => Self::Succeeded,
-            "failed" => Self::Failed,
-            "canceled" => Self::Canceled,
-            "aborted" => Self::Aborted,
-            other => Self::Other(other.to_owned()),
+        match Self::KNOWN.iter().position(|known| *known == value) {
+            Some(0) => Self::Starting,
+            Some(1) => Self::Processing,
+            Some(2) => Self::Succeeded,
+            Some(3) => Self::Failed,
+            Some(4) => Self::Canceled,
+            Some(5) => Self::Aborted,
+            _ => Self::Other(value.to_owned()),
         }
     }
 
     pub fn as_str(&self) -> &str {
-        match self {
-            Self::Starting => "starting",
-            Self::Processing => "processing",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Canceled => "canceled",
-            Self::Aborted => "aborted",
-            Self::Other(other) => other,
-        }
+        let known = match self {
+            Self::Starting => 0,
+            Self::Processing => 1,
+            Self::Succeeded => 2,
+            Self::Failed => 3,
+            Self::Canceled => 4,
+            Self::Aborted => 5,
+            Self::Other(other) => return other,
+        };
+        Self::KNOWN[known]
     }
 
     pub fn rank(&self) -> i16 {
@@ -356,6 +358,21 @@ mod tests {
     use super::*;
 
     const SUCCEEDED: &str = include_str!("../../tests/fixtures/04-succeeded.json");
+
+    #[test]
+    fn each_documented_status_reads_back_as_its_name_and_others_are_kept() {
+        for name in Status::KNOWN {
+            let status = Status::parse(name);
+            assert!(!matches!(status, Status::Other(_)), "{name}");
+            assert_eq!(status.as_str(), name);
+        }
+        let ranks: Vec<i16> = Status::KNOWN
+            .map(|name| Status::parse(name).rank())
+            .to_vec();
+        assert_eq!(ranks, [0, 1, 2, 2, 2, 2]);
+        assert_eq!(Status::parse("queued"), Status::Other("queued".into()));
+        assert_eq!(Status::parse("queued").as_str(), "queued");
+    }
 
     #[test]
     fn reads_a_fixture() {

@@ -25,7 +25,7 @@ use super::auth::Authenticated;
 use super::error::{PROBLEM_JSON, Problem};
 use super::{ApiError, AppState, Settings, timeout};
 use crate::changes::{Interest, Refused, Registration};
-use crate::domain::PredictionId;
+use crate::domain::{PredictionId, from_unix_micros, unix_micros};
 use crate::store::{Direction, ListQuery, Page, Position, Store, StoreError, StoredPrediction};
 
 const DEFAULT_LIMIT: u32 = 100;
@@ -594,7 +594,7 @@ impl Cursor {
             Direction::Older => 'o',
             Direction::Newer => 'n',
         };
-        let micros = self.position.created_at.unix_timestamp_nanos() / 1000;
+        let micros = unix_micros(self.position.created_at);
         CURSOR_BASE64.encode(format!("{direction}.{micros}.{}", self.position.id))
     }
 
@@ -608,13 +608,10 @@ impl Cursor {
             Some("n") => Direction::Newer,
             _ => return Err(invalid()),
         };
-        let micros: i128 = parts
+        let created_at = parts
             .next()
-            .and_then(|m| m.parse().ok())
-            .ok_or_else(invalid)?;
-        let created_at = micros
-            .checked_mul(1000)
-            .and_then(|nanos| OffsetDateTime::from_unix_timestamp_nanos(nanos).ok())
+            .and_then(|micros| micros.parse().ok())
+            .and_then(from_unix_micros)
             .ok_or_else(invalid)?;
         let id = parts
             .next()

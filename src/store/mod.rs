@@ -130,6 +130,10 @@ pub async fn open(url: &DatabaseUrl, pool_size: u32) -> Result<Store, StoreError
 }
 
 /// Predictions per stored status; the same SQL on either backend.
+/// How long a request waits for a pooled connection, or a writer for its connection to be
+/// opened, before the database counts as unavailable: on either store.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 const COUNT_BY_STATUS: &str = "SELECT status, count(*) FROM predictions GROUP BY status";
 
 /// A pool's connections in use and idle.

@@ -11,19 +11,16 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
     SqliteSynchronous,
 };
-use time::OffsetDateTime;
 use tokio::sync::{Mutex, broadcast};
 use tokio::time::Instant;
 
-use crate::domain::{Prediction, Status};
+use crate::domain::{Prediction, Status, from_unix_micros, unix_micros};
 use crate::store::{
-    self, Change, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage, StoreError,
-    StoredPrediction,
+    self, ACQUIRE_TIMEOUT, Change, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage,
+    StoreError, StoredPrediction,
     keyset::{self, StatusIndex},
 };
 
-/// How long a request waits for a connection before the database counts as unavailable.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a statement waits for a lock another process holds on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Changes a slow listener may fall behind by before it is told it missed some.
@@ -203,7 +200,7 @@ impl Storage for Sqlite {
             query,
             "id, status, created_at, body",
             StatusIndex::Status,
-            micros,
+            unix_micros,
         )
         .build_query_as()
         .fetch_all(&self.readers)
@@ -231,7 +228,7 @@ async fn record_one(
     tx: &mut SqliteConnection,
     delivery: &NewDelivery,
 ) -> Result<Outcome, sqlx::Error> {
-    let received_at = micros(delivery.received_at);
+    let received_at = unix_micros(delivery.received_at);
     let changed = |done: SqliteQueryResult| done.rows_affected() == 1;
     let new = sqlx::query(
         "INSERT INTO deliveries \
@@ -254,7 +251,7 @@ async fn record_one(
         .bind(delivery.status())
         .bind(delivery.model())
         .bind(delivery.version())
-        .bind(micros(delivery.created_at()))
+        .bind(unix_micros(delivery.created_at()))
         .bind(delivery.progress.rank)
         .bind(delivery.progress.logs_len)
         .bind(delivery.progress.output_len)
@@ -347,12 +344,6 @@ fn refused_for_the_data(error: &sqlx::Error) -> bool {
         .is_some_and(|code| matches!(code & 0xff, 18 | 19 | 20 | 25))
 }
 
-/// Unix microseconds: Postgres' precision, truncated as sqlx truncates for Postgres.
-fn micros(time: OffsetDateTime) -> i64 {
-    // i64 microseconds reach beyond the year 290,000; `time` stops at 9999.
-    (time.unix_timestamp_nanos() / 1_000) as i64
-}
-
 #[derive(sqlx::FromRow)]
 struct Row {
     id: String,
@@ -363,9 +354,9 @@ struct Row {
 
 impl Row {
     fn into_stored(self) -> Result<StoredPrediction, sqlx::Error> {
-        let created_at =
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.created_at) * 1_000)
-                .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        let created_at = from_unix_micros(self.created_at).ok_or_else(|| {
+            sqlx::Error::Decode(format!("created_at {} is out of range", self.created_at).into())
+        })?;
         Ok(StoredPrediction {
             id: self.id,
             status: self.status,

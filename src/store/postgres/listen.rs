@@ -1,11 +1,9 @@
 //! The notifications `record` sends on commit, as one process hears them.
 
-use std::time::Duration;
-
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
 use super::{CHANGES_CHANNEL, LEGACY_CHANGES_CHANNEL};
-use crate::store::{Change, ChangeFeed, StoreError};
+use crate::store::{ACQUIRE_TIMEOUT, Change, ChangeFeed, StoreError};
 
 /// A dedicated connection LISTENing for committed changes.
 pub struct ChangeListener(PgListener);
@@ -16,7 +14,7 @@ impl ChangeListener {
     pub async fn connect(requests: &PgPool) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .max_lifetime(None)
             .idle_timeout(None)
             .connect_with((*requests.connect_options()).clone())

@@ -14,14 +14,12 @@ use tokio::time::Instant;
 
 use crate::domain::Status;
 use crate::store::{
-    self, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage, StoreError, StoredPrediction,
+    self, ACQUIRE_TIMEOUT, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage, StoreError,
+    StoredPrediction,
     keyset::{self, StatusIndex},
 };
 use plan::Plan;
 
-/// How long a request waits for a pooled connection, or a batch for its connection to be opened,
-/// before the database counts as unavailable.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A statement running longer than this is cancelled by the server.
 const STATEMENT_TIMEOUT: &str = "10s";
 /// The same for a batch. Its deadline is what bounds it (see `RECORD`), and a batch of large
