@@ -9,4 +9,4 @@ mod text;
 pub use micros::{from_unix_micros, unix_micros};
 pub use prediction::{InvalidPrediction, MAX_DEPTH, Prediction, Status};
 pub use progress::Progress;
-pub use text::{InvalidText, PredictionId, WebhookId, holdable};
+pub use text::{InvalidText, PredictionId, WebhookId, holdable, nul_free};

@@ -19,7 +19,7 @@ fn check(field: &'static str, value: &str) -> Result<(), InvalidText> {
         "is empty"
     } else if value.len() > MAX_LEN {
         "is longer than 1024 bytes"
-    } else if value.contains('\0') {
+    } else if !nul_free(value) {
         "contains a NUL character"
     } else {
         return Ok(());
@@ -31,7 +31,12 @@ fn check(field: &'static str, value: &str) -> Result<(), InvalidText> {
 /// b-tree entry has a size limit. A value that cannot be held is stored as NULL there, never cut
 /// to a prefix, which would make an exact filter match what was never sent.
 pub fn holdable(value: &str) -> bool {
-    value.len() <= MAX_LEN && !value.contains('\0')
+    value.len() <= MAX_LEN && nul_free(value)
+}
+
+/// Whether Postgres text can hold `value`: it cannot hold NUL, so no stored value has one.
+pub fn nul_free(value: &str) -> bool {
+    !value.contains('\0')
 }
 
 macro_rules! identifier {

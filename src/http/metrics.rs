@@ -9,8 +9,8 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::Method;
+use axum::response::Response;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -82,14 +82,7 @@ async fn scrape(State(state): State<AppState>) -> Response {
     }
     let handle = metrics::handle();
     handle.run_upkeep();
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        handle.render(),
-    )
-        .into_response()
+    super::typed("text/plain; version=0.0.4; charset=utf-8", handle.render())
 }
 
 /// Counts and times each request by its route template (`unmatched` for the fallback). Applied

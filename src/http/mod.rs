@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::middleware::map_response;
+use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -152,6 +153,15 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
         method = %request.method(),
         path = request.uri().path(),
     )
+}
+
+/// `body` as a `200` answer of a fixed `content_type`.
+fn typed(content_type: &'static str, body: impl IntoResponse) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
 }
 
 /// The bound on a route's whole answer; each route sets its own, since a wait or a stream is

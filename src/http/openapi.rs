@@ -2,8 +2,7 @@
 //! own annotations as the routes are registered, so the two cannot drift apart.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -54,12 +53,5 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses((status = 200, description = "The OpenAPI 3.1 description of this service", body = Object,
         content_type = "application/json")))]
 async fn describe(State(state): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        state.description.clone(),
-    )
-        .into_response()
+    super::typed("application/json", state.description.clone())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -25,7 +25,7 @@ use super::auth::Authenticated;
 use super::error::{PROBLEM_JSON, Problem};
 use super::{ApiError, AppState, Settings, timeout};
 use crate::changes::{Interest, Refused, Registration};
-use crate::domain::{PredictionId, from_unix_micros, unix_micros};
+use crate::domain::{PredictionId, from_unix_micros, nul_free, unix_micros};
 use crate::store::{Direction, ListQuery, Page, Position, Store, StoreError, StoredPrediction};
 
 const DEFAULT_LIMIT: u32 = 100;
@@ -439,8 +439,7 @@ async fn list(
         ("model", &params.model),
         ("version", &params.version),
     ] {
-        // Postgres text cannot hold NUL, so no stored value has one.
-        if value.as_deref().is_some_and(|v| v.contains('\0')) {
+        if value.as_deref().is_some_and(|v| !nul_free(v)) {
             return Err(ApiError::BadRequest(format!(
                 "`{name}` cannot contain a NUL character"
             )));
@@ -543,14 +542,7 @@ fn list_body(previous: Option<String>, next: Option<String>, page: &Page) -> Str
 }
 
 fn json(body: String) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+    super::typed("application/json", body)
 }
 
 fn timestamp(name: &str, text: &str) -> Result<OffsetDateTime, ApiError> {
