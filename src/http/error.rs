@@ -57,7 +57,7 @@ impl From<IngestError> for ApiError {
         match error {
             IngestError::Invalid(invalid) => Self::BadRequest(invalid.to_string()),
             IngestError::Store(store) => Self::Unavailable(store),
-            IngestError::Busy => Self::Busy("too many deliveries are waiting to be written"),
+            IngestError::Busy => Self::Busy(IngestError::BUSY),
         }
     }
 }

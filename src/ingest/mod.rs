@@ -24,8 +24,13 @@ pub enum IngestError {
     #[error(transparent)]
     Store(Arc<StoreError>),
     /// The writer is behind and its queue stayed full past the bound; nothing was recorded.
-    #[error("too many deliveries are waiting to be written; retry later")]
+    #[error("{}", IngestError::BUSY)]
     Busy,
+}
+
+impl IngestError {
+    /// What a sender is told when the writer is behind.
+    pub const BUSY: &'static str = "too many deliveries are waiting to be written; retry later";
 }
 
 /// Records one delivery before `deadline`. `Ok` means it is committed and may be acknowledged;
