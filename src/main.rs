@@ -2,9 +2,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use prediction_inbox::config::{self, DatabaseUrl, Settings, Source};
+use prediction_inbox::config::{self, Settings, Source};
 use prediction_inbox::sample;
 use prediction_inbox::startup::{self, Application};
+use prediction_inbox::store::DatabaseUrl;
 use prediction_inbox::telemetry::{self, LogFormat};
 use prediction_inbox::verify::Secret;
 

@@ -10,9 +10,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::changes::{self, Changes};
-use crate::config::{DatabaseUrl, Settings};
+use crate::config::Settings;
 use crate::http::{self, BodyBudget};
 use crate::ingest::{Faults, Writer};
+use crate::store::DatabaseUrl;
 use crate::store::{self, Store, StoreError};
 use crate::supervisor::{Role, Supervisor};
 use crate::verify::Verifier;

@@ -286,8 +286,8 @@ async fn batches_are_written_on_one_connection_the_writer_keeps() {
 /// the one kept for writes is closed with the pool, and not opened again.
 #[tokio::test]
 async fn a_closed_store_writes_nothing_and_leaves_no_connection_open() {
-    use prediction_inbox::config::DatabaseUrl;
     use prediction_inbox::domain::{Prediction, WebhookId};
+    use prediction_inbox::store::DatabaseUrl;
     use prediction_inbox::store::{self, NewDelivery};
 
     let db = common::TestDatabase::create().await;

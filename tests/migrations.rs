@@ -5,7 +5,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{Backend, Delivery, TestDatabase, now, prediction, spawn_app};
-use prediction_inbox::config::DatabaseUrl;
+use prediction_inbox::store::DatabaseUrl;
 use prediction_inbox::store::{self, ListQuery};
 use sqlx::PgPool;
 

@@ -5,13 +5,13 @@
 mod env_file;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use crate::http::ApiTokens;
+use crate::store::DatabaseUrl;
 use crate::telemetry::LogFormat;
 use crate::verify::Secret;
 
@@ -135,22 +135,6 @@ impl Source {
 
 /// Where state lives when `DATABASE_URL` is not set: a file in `./data`, created on first start.
 pub const DEFAULT_SQLITE_URL: &str = "sqlite://./data/prediction-inbox.db";
-
-/// The database, by backend. A Postgres URL may carry a password: never printed.
-#[derive(Clone)]
-pub enum DatabaseUrl {
-    Postgres(String),
-    Sqlite(String),
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Postgres(_) => f.write_str("Postgres(<redacted>)"),
-            Self::Sqlite(url) => f.debug_tuple("Sqlite").field(url).finish(),
-        }
-    }
-}
 
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]

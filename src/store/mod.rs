@@ -16,12 +16,12 @@ mod sqlite;
 /// offered to the upsert. Public for the deterministic replay (`benches/replay.rs`).
 pub use postgres::plan::Plan as BatchPlan;
 
+use std::fmt;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use crate::config::DatabaseUrl;
 use crate::domain::{Prediction, Progress, Status, WebhookId, holdable};
 
 /// The store the service runs on, shared by every request.
@@ -130,6 +130,22 @@ pub async fn open(url: &DatabaseUrl, pool_size: u32) -> Result<Store, StoreError
 }
 
 /// Predictions per stored status; the same SQL on either backend.
+/// The database, by backend. A Postgres URL may carry a password: never printed.
+#[derive(Clone)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    Sqlite(String),
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Postgres(_) => f.write_str("Postgres(<redacted>)"),
+            Self::Sqlite(url) => f.debug_tuple("Sqlite").field(url).finish(),
+        }
+    }
+}
+
 /// How long a request waits for a pooled connection, or a writer for its connection to be
 /// opened, before the database counts as unavailable: on either store.
 const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
