@@ -2,10 +2,9 @@
 //! latest state in Postgres, and serves it back through a Replicate-shaped read API.
 //!
 //! One delivery goes `http` → `verify` → `ingest` → `store`; one read goes `http` → `store`, and a
-//! waiting read is woken through `changes` when a commit announces its prediction.
+//! waiting read is woken through `waiters` when a commit announces its prediction.
 //! `domain` holds the value types they share; `config`, `telemetry` and `startup` assemble it.
 
-pub mod changes;
 pub mod config;
 pub mod domain;
 pub mod http;
@@ -18,3 +17,4 @@ pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 pub mod verify;
+pub mod waiters;

@@ -9,7 +9,6 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::changes::{self, Changes};
 use crate::config::Settings;
 use crate::http::{self, BodyBudget};
 use crate::ingest::{Faults, Writer};
@@ -17,6 +16,7 @@ use crate::store::DatabaseUrl;
 use crate::store::{self, Store, StoreError};
 use crate::supervisor::{Role, Supervisor};
 use crate::verify::Verifier;
+use crate::waiters::{self, Waiters};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -34,7 +34,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     store: Store,
-    changes: Changes,
+    waiters: Waiters,
     supervisor: Supervisor,
     bodies: BodyBudget,
     writer: Writer,
@@ -71,17 +71,17 @@ impl Application {
                     addr: settings.listen,
                     source,
                 })?;
-        let changes = Changes::new(settings.max_waiters, settings.max_waiters_per_token);
+        let waiters = Waiters::new(settings.max_waiters, settings.max_waiters_per_token);
         let mut supervisor = Supervisor::new();
         let (writer, batch_writer) = Writer::new(store.clone(), faults);
         supervisor.spawn("batch_writer", Role::Essential, move |stop| {
             batch_writer.clone().run(stop)
         });
-        let listened = (store.clone(), changes.clone());
+        let listened = (store.clone(), waiters.clone());
         supervisor.spawn("change_listener", Role::Auxiliary, move |stop| {
             until_stopped(
                 stop,
-                changes::listen(listened.0.clone(), listened.1.clone()),
+                waiters::listen(listened.0.clone(), listened.1.clone()),
             )
         });
         supervisor.spawn("metrics_upkeep", Role::Auxiliary, |stop| {
@@ -105,7 +105,7 @@ impl Application {
             http::Parts {
                 store: store.clone(),
                 writer: writer.clone(),
-                changes: changes.clone(),
+                waiters: waiters.clone(),
                 verifier: Verifier::new(settings.webhook_secrets, settings.webhook_tolerance_secs),
                 health: supervisor.health(),
                 bodies: bodies.clone(),
@@ -116,7 +116,7 @@ impl Application {
             listener,
             router,
             store,
-            changes,
+            waiters,
             supervisor,
             bodies,
             writer,
@@ -132,8 +132,8 @@ impl Application {
     }
 
     /// The waiters of this instance, to observe them.
-    pub fn changes(&self) -> Changes {
-        self.changes.clone()
+    pub fn waiters(&self) -> Waiters {
+        self.waiters.clone()
     }
 
     /// The budget of request bodies of this instance, to observe it.
@@ -151,10 +151,10 @@ impl Application {
     /// the background workers and closes the database pool.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) {
         tracing::info!(addr = %self.local_addr(), "serving");
-        let changes = self.changes.clone();
+        let waiters = self.waiters.clone();
         let shutdown = async move {
             shutdown.await;
-            changes.close();
+            waiters.close();
         };
         http::serve(self.listener, self.router, &self.http, shutdown).await;
         self.supervisor.shutdown().await;

@@ -134,7 +134,7 @@ async fn metrics_count_what_the_service_does(backend: Backend) {
         .header("prefer", "wait=3")
         .send();
     let scrape_while_waiting = async {
-        common::eventually("the wait is parked", || async { app.changes.count() == 1 }).await;
+        common::eventually("the wait is parked", || async { app.waiters.count() == 1 }).await;
         scrape().await
     };
     let (_, response) = tokio::join!(waiting, scrape_while_waiting);

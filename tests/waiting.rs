@@ -22,9 +22,9 @@ async fn wait(app: &TestApp, address: &str, id: &str, prefer: &str) -> Response 
 }
 
 /// Waits until `count` waiters are parked (or none are, for 0).
-async fn parked(changes: &prediction_inbox::changes::Changes, count: usize) {
+async fn parked(waiters: &prediction_inbox::waiters::Waiters, count: usize) {
     eventually(&format!("{count} parked waiters"), || async {
-        changes.count() == count
+        waiters.count() == count
     })
     .await;
 }
@@ -44,7 +44,7 @@ async fn woken_wait(
 ) -> String {
     let waiting = wait(app, &instance.address, id, "wait=30");
     let meanwhile = async {
-        parked(&instance.changes, 1).await;
+        parked(&instance.waiters, 1).await;
         meanwhile.await;
     };
     let started = Instant::now();
@@ -69,7 +69,7 @@ async fn a_wait_returns_as_soon_as_a_delivery_completes_the_prediction(backend: 
     })
     .await;
     assert_eq!(status, "succeeded");
-    parked(&app.changes, 0).await;
+    parked(&app.waiters, 0).await;
 }
 
 async fn a_wait_times_out_with_the_current_state(backend: Backend) {
@@ -106,7 +106,7 @@ async fn a_wait_on_an_unknown_id_follows_it_from_start_to_completion(backend: Ba
     let app = spawn_app(backend).await;
     let waiting = wait(&app, &app.address, "new", "respond-async, wait=30");
     let deliver = async {
-        parked(&app.changes, 1).await;
+        parked(&app.waiters, 1).await;
         // Not finished: the wait goes on (had it answered now, it would say `starting`).
         app.deliver(&Delivery::new(prediction("new", "starting", "")))
             .await;
@@ -178,7 +178,7 @@ async fn the_event_stream_yields_every_advance_in_order_then_done(backend: Backe
     let (event, data) = events.next().await.expect("done");
     assert_eq!((event.as_str(), data.as_str()), ("done", r#"{"id":"p1"}"#));
     assert_eq!(events.next().await, None, "the stream closes after done");
-    parked(&app.changes, 0).await;
+    parked(&app.waiters, 0).await;
 }
 
 async fn an_event_stream_on_a_finished_prediction_sends_it_and_done(backend: Backend) {
@@ -209,9 +209,9 @@ async fn clients_that_go_away_leave_no_waiter_behind(backend: Backend) {
     assert!(request.send().await.unwrap_err().is_timeout());
 
     let stream = app.get("/v1/predictions/p1/events").await;
-    parked(&app.changes, 1).await;
+    parked(&app.waiters, 1).await;
     drop(stream);
-    parked(&app.changes, 0).await;
+    parked(&app.waiters, 0).await;
 }
 
 #[tokio::test]
@@ -246,7 +246,7 @@ async fn past_the_waiter_cap_the_state_comes_at_once_without_a_wait(backend: Bac
         .await;
     let first = wait(&app, &app.address, "p1", "wait=30");
     let second = async {
-        parked(&app.changes, 1).await;
+        parked(&app.waiters, 1).await;
         let started = Instant::now();
         let response = wait(&app, &app.address, "p1", "wait=30").await;
         assert!(started.elapsed() < Duration::from_secs(10));
@@ -295,7 +295,7 @@ async fn a_wait_that_times_out_answers_the_state_at_its_deadline(backend: Backen
     let later = prediction("p1", "processing", "abc");
     let waiting = wait(&app, &app.address, "p1", "wait=2");
     let meanwhile = async {
-        parked(&app.changes, 1).await;
+        parked(&app.waiters, 1).await;
         app.deliver(&Delivery::new(prediction("p1", "processing", "ab")))
             .await;
         app.deliver(&Delivery::new(later.clone())).await;
@@ -327,7 +327,7 @@ async fn an_event_stream_ends_at_its_longest_duration_saying_why(backend: Backen
             .contains("INBOX_STREAM_MAX_SECS")
     );
     assert_eq!(events.next().await, None);
-    parked(&app.changes, 0).await;
+    parked(&app.waiters, 0).await;
 }
 
 async fn one_token_cannot_take_every_waiting_slot(backend: Backend) {
@@ -345,7 +345,7 @@ async fn one_token_cannot_take_every_waiting_slot(backend: Backend) {
         .await;
     let first = wait(&app, &app.address, "p1", "wait=30");
     let others = async {
-        parked(&app.changes, 1).await;
+        parked(&app.waiters, 1).await;
         // The same token again: the state at once, no wait applied; and no stream.
         let response = wait(&app, &app.address, "p1", "wait=30").await;
         assert_eq!(response.headers()["preference-applied"], "wait=0");
@@ -362,7 +362,7 @@ async fn one_token_cannot_take_every_waiting_slot(backend: Backend) {
             .header("prefer", "wait=30")
             .send();
         let finish = async {
-            parked(&app.changes, 2).await;
+            parked(&app.waiters, 2).await;
             app.deliver(&Delivery::new(prediction("p1", "succeeded", "")))
                 .await;
         };

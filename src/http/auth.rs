@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use super::{ApiError, AppState};
-use crate::changes::Caller;
+use crate::waiters::Caller;
 
 /// The accepted tokens, held as SHA-256 digests: comparing digests in constant time leaks neither
 /// a token's bytes nor its length, and the tokens themselves are not kept in memory.

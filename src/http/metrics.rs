@@ -52,7 +52,7 @@ pub fn router(settings: &Settings) -> OpenApiRouter<AppState> {
     responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
         content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 async fn scrape(State(state): State<AppState>) -> Response {
-    metrics::waiters(state.changes.count());
+    metrics::waiters(state.waiters.count());
     metrics::body_budget(state.bodies.available());
     let (in_use, idle) = state.store.pool_status();
     metrics::pool(in_use, idle);

@@ -26,11 +26,11 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::changes::Changes;
 use crate::ingest::Writer;
 use crate::store::Store;
 use crate::supervisor::Health;
 use crate::verify::Verifier;
+use crate::waiters::Waiters;
 
 pub use auth::ApiTokens;
 pub use body::BodyBudget;
@@ -63,7 +63,7 @@ pub struct Shared {
     store: Store,
     /// Group commit for deliveries (see `ingest::Writer`).
     writer: Writer,
-    changes: Changes,
+    waiters: Waiters,
     verifier: Verifier,
     /// The bytes of request bodies held at once.
     bodies: BodyBudget,
@@ -80,7 +80,7 @@ pub struct Shared {
 pub struct Parts {
     pub store: Store,
     pub writer: Writer,
-    pub changes: Changes,
+    pub waiters: Waiters,
     pub verifier: Verifier,
     pub health: Health,
     pub bodies: BodyBudget,
@@ -94,7 +94,7 @@ impl AppState {
         Self(Arc::new(Shared {
             store: parts.store,
             writer: parts.writer,
-            changes: parts.changes,
+            waiters: parts.waiters,
             verifier: parts.verifier,
             bodies: parts.bodies,
             health: parts.health,

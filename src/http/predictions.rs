@@ -24,9 +24,9 @@ use utoipa_axum::routes;
 use super::auth::Authenticated;
 use super::error::{PROBLEM_JSON, Problem};
 use super::{ApiError, AppState, Settings, timeout};
-use crate::changes::{Interest, Refused, Registration};
 use crate::domain::{PredictionId, from_unix_micros, nul_free, unix_micros};
 use crate::store::{Direction, ListQuery, Page, Position, Store, StoreError, StoredPrediction};
+use crate::waiters::{Interest, Refused, Registration};
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
@@ -134,7 +134,7 @@ async fn read_or_wait(
         return Ok(answer(read().await?, None));
     };
     // Registered before the first read, so a change committed in between still wakes this wait.
-    let Ok(mut registration) = state.changes.register(id, Interest::Terminal, caller) else {
+    let Ok(mut registration) = state.waiters.register(id, Interest::Terminal, caller) else {
         // Too many waiters already: the state now, and a header that says no wait was applied.
         return Ok(answer(read().await?, Some(0)));
     };
@@ -261,7 +261,7 @@ async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = receivable(id)?;
     let registration = state
-        .changes
+        .waiters
         .register(&id, Interest::Every, caller)
         .map_err(|refused| {
             ApiError::Busy(match refused {

@@ -83,7 +83,7 @@ pub trait Storage: Send + Sync + 'static {
 
     /// A feed of the ids of predictions whose change has been committed, by any process that
     /// shares this database.
-    async fn changes(&self) -> Result<Box<dyn ChangeFeed>, StoreError>;
+    async fn change_feed(&self) -> Result<Box<dyn ChangeFeed>, StoreError>;
 
     /// Waits for connections in use to be returned, then closes them.
     async fn close(&self);

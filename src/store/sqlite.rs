@@ -212,7 +212,7 @@ impl Storage for Sqlite {
         Ok(keyset::page(query, rows))
     }
 
-    async fn changes(&self) -> Result<Box<dyn ChangeFeed>, StoreError> {
+    async fn change_feed(&self) -> Result<Box<dyn ChangeFeed>, StoreError> {
         Ok(Box::new(InProcess(self.changes.subscribe())))
     }
 

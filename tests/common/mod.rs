@@ -17,13 +17,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prediction_inbox::changes::Changes;
 use prediction_inbox::config::{Settings, Source};
 use prediction_inbox::http::BodyBudget;
 use prediction_inbox::ingest::{Faults, Writer};
 use prediction_inbox::startup::Application;
 use prediction_inbox::store::{NewDelivery, StoreError};
 use prediction_inbox::verify::Secret;
+use prediction_inbox::waiters::Waiters;
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
 use sqlx::{Connection, Executor, PgConnection, PgPool, SqlitePool};
@@ -216,7 +216,7 @@ impl WriteBlock {
 pub struct TestApp {
     pub address: String,
     /// The waiters parked in this instance.
-    pub changes: Changes,
+    pub waiters: Waiters,
     /// The budget of request bodies of this instance.
     pub bodies: BodyBudget,
     /// The queue of deliveries to write of this instance.
@@ -229,7 +229,7 @@ pub struct TestApp {
 /// Another instance of the service, over the same database as a `TestApp`.
 pub struct Instance {
     pub address: String,
-    pub changes: Changes,
+    pub waiters: Waiters,
     pub bodies: BodyBudget,
     pub writer: Writer,
 }
@@ -244,7 +244,7 @@ pub async fn start(
         .expect("build the app");
     let instance = Instance {
         address: format!("http://{}", app.local_addr()),
-        changes: app.changes(),
+        waiters: app.waiters(),
         bodies: app.bodies(),
         writer: app.writer(),
     };
@@ -408,13 +408,13 @@ pub async fn spawn_app_with_faults(
     let store = TestStore::create(backend).await;
     let Instance {
         address,
-        changes,
+        waiters,
         bodies,
         writer,
     } = start(&store.url(), overrides, faults).await;
     TestApp {
         address,
-        changes,
+        waiters,
         bodies,
         writer,
         client: reqwest::Client::new(),
@@ -470,7 +470,7 @@ impl TestApp {
     pub fn instance(&self) -> Instance {
         Instance {
             address: self.address.clone(),
-            changes: self.changes.clone(),
+            waiters: self.waiters.clone(),
             bodies: self.bodies.clone(),
             writer: self.writer.clone(),
         }

@@ -256,7 +256,7 @@ impl Storage for Postgres {
         Ok(keyset::page(query, rows))
     }
 
-    async fn changes(&self) -> Result<Box<dyn ChangeFeed>, StoreError> {
+    async fn change_feed(&self) -> Result<Box<dyn ChangeFeed>, StoreError> {
         Ok(Box::new(listen::ChangeListener::connect(&self.pool).await?))
     }
 

@@ -20,7 +20,7 @@ use crate::store::{Change, Store};
 
 /// The registry of waiters of this process. Cheap to clone.
 #[derive(Clone)]
-pub struct Changes {
+pub struct Waiters {
     inner: Arc<Inner>,
 }
 
@@ -65,7 +65,7 @@ pub enum Refused {
     Closed,
 }
 
-impl Changes {
+impl Waiters {
     /// `max` bounds the waiters parked at once across all predictions, and `max_per_caller` those
     /// of any one caller.
     pub fn new(max: usize, max_per_caller: Option<usize>) -> Self {
@@ -195,7 +195,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One waiter's interest in one prediction; dropping it (the client went away, the wait ended)
 /// removes the waiter at once.
 pub struct Registration {
-    changes: Changes,
+    changes: Waiters,
     id: String,
     caller: Caller,
     receiver: watch::Receiver<u64>,
@@ -226,10 +226,10 @@ impl Drop for Registration {
 }
 
 /// Listens for committed changes for as long as the process runs, reconnecting with backoff.
-pub async fn listen(store: Store, changes: Changes) {
+pub async fn listen(store: Store, changes: Waiters) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match store.changes().await {
+        match store.change_feed().await {
             Ok(mut listener) => {
                 tracing::info!("listening for committed changes");
                 backoff = Duration::from_millis(100);
@@ -271,7 +271,7 @@ mod tests {
 
     #[tokio::test]
     async fn wakes_only_the_waiters_of_that_prediction() {
-        let changes = Changes::new(10, None);
+        let changes = Waiters::new(10, None);
         let mut a = changes.register("a", Interest::Every, 0).unwrap();
         let mut b = changes.register("b", Interest::Every, 0).unwrap();
         changes.wake(&change("a", false));
@@ -282,7 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_for_the_end_sleeps_through_every_other_change() {
-        let changes = Changes::new(10, None);
+        let changes = Waiters::new(10, None);
         let mut stream = changes.register("a", Interest::Every, 0).unwrap();
         let mut wait = changes.register("a", Interest::Terminal, 0).unwrap();
         changes.wake(&change("a", false));
@@ -295,7 +295,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wake_before_the_wait_is_not_lost() {
-        let changes = Changes::new(10, None);
+        let changes = Waiters::new(10, None);
         let mut a = changes.register("a", Interest::Terminal, 0).unwrap();
         changes.wake(&change("a", true));
         assert!(
@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn dropping_registrations_leaves_nothing_behind_and_the_caps_hold() {
-        let changes = Changes::new(3, Some(2));
+        let changes = Waiters::new(3, Some(2));
         let first = changes.register("a", Interest::Every, 7).unwrap();
         let second = changes.register("a", Interest::Terminal, 7).unwrap();
         assert_eq!(
@@ -330,7 +330,7 @@ mod tests {
 
     #[tokio::test]
     async fn closing_ends_every_wait_and_refuses_new_ones() {
-        let changes = Changes::new(10, None);
+        let changes = Waiters::new(10, None);
         let mut a = changes.register("a", Interest::Terminal, 0).unwrap();
         changes.close();
         assert!(!a.changed().await);
