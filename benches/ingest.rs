@@ -50,6 +50,11 @@ type Request = Vec<u8>;
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = support::args();
+    // For tools/compare-naive.sh: the batch statement it runs alone.
+    if args.first().map(String::as_str) == Some("statement") {
+        println!("{}", prediction_inbox::store::POSTGRES_BATCH_STATEMENT);
+        return;
+    }
     let backend = args.first().map_or("postgres", String::as_str).to_owned();
     let connections: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);

@@ -11,10 +11,10 @@
 \set k :k + 1
 SELECT bench_record(
     array_agg(webhook_id), array_agg(prediction_id), array_agg(ts), array_agg(at),
-    array_agg(body), array_agg(true), array_agg(status),
+    array_agg(body), array_agg(true), array_agg(true), array_agg(status),
     array_agg('replicate/hello-world'::text), array_agg('5c7d5dc6'::text), array_agg(at),
-    array_agg((:k % 3)::int2), array_agg(0::int8), array_agg(ts),
-    'prediction_inbox_changes', interval '10 seconds')
+    array_agg((:k % 3)::int2), array_agg(0::int8), array_agg(0::int8),
+    'prediction_inbox_state', interval '10 seconds')
 FROM (
     SELECT format('b%s_%s_%s_%s', :run, :client_id, :k, i) AS webhook_id,
            p.id AS prediction_id,

@@ -35,16 +35,16 @@ cargo build --release --quiet
 DATABASE_URL="$url" target/release/prediction-inbox migrate >/dev/null
 cargo bench --bench ingest --no-run --quiet 2>/dev/null
 
-# The service's batch statement, as the source has it, behind a function that pgbench can call.
-record="$(sed -n '/^const RECORD: &str = r#"$/,/^"#;$/p' src/store/postgres/mod.rs | sed '1d;$d')"
-[ -n "$record" ] || { echo "RECORD not found in src/store/postgres/mod.rs" >&2; exit 1; }
+# The service's batch statement, as the service sends it, behind a function that pgbench can call.
+record="$(cargo bench --bench ingest --quiet -- statement 2>/dev/null)"
+[ -n "$record" ] || { echo "the batch statement could not be read from the ingest bench" >&2; exit 1; }
 fresh_alone_db() {
     PGOPTIONS="-c client_min_messages=warning" psql -q "$server/postgres" \
         -c "DROP DATABASE IF EXISTS $alone_db WITH (FORCE)" -c "CREATE DATABASE $alone_db"
     DATABASE_URL="$alone_url" target/release/prediction-inbox migrate >/dev/null
     psql -q -v ON_ERROR_STOP=1 "$alone_url" <<SQL
-CREATE FUNCTION bench_record(text[], text[], int8[], timestamptz[], text[], bool[], text[], text[],
-                             text[], timestamptz[], int2[], int8[], int8[], text, interval)
+CREATE FUNCTION bench_record(text[], text[], int8[], timestamptz[], text[], bool[], bool[], text[],
+                             text[], text[], timestamptz[], int2[], int8[], int8[], text, interval)
 RETURNS SETOF text[] LANGUAGE plpgsql AS \$bench\$
 BEGIN
     RETURN QUERY $record;

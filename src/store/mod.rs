@@ -16,6 +16,10 @@ mod sqlite;
 /// offered to the upsert. Public for the deterministic replay (`benches/replay.rs`).
 pub use postgres::plan::Plan as BatchPlan;
 
+/// The statement that records a batch on Postgres, as the service sends it: for
+/// `tools/compare-naive.sh`, which runs it alone under pgbench.
+pub const POSTGRES_BATCH_STATEMENT: &str = postgres::RECORD;
+
 use std::fmt;
 use std::sync::Arc;
 

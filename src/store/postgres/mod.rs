@@ -495,7 +495,7 @@ const SEEN: &str = "SELECT webhook_id FROM deliveries WHERE webhook_id = ANY($1)
 /// the newest version, so none is lost and none regresses it. `created_at` is never changed once
 /// set: it is the sort key. The notifications, `t` or `p` (terminal or not) and the id, are
 /// delivered only if the statement commits, so a woken waiter always finds the new state.
-const RECORD: &str = concat!(
+pub(super) const RECORD: &str = concat!(
     r#"
 WITH d AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::timestamptz[], $5::text[],
