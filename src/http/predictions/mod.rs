@@ -1,0 +1,100 @@
+//! `GET /v1/predictions/{id}` (with `Prefer: wait`), `GET /v1/predictions/{id}/events` and
+//! `GET /v1/predictions`, shaped like Replicate's own so its official clients read from this service
+//! with only their base URL changed.
+//!
+//! One file a concern: `get.rs` (one prediction, `Prefer: wait`), `events.rs` (the event stream),
+//! `list.rs` (the list and its links), `cursor.rs` (the list cursor's text form). The keyset query
+//! itself is the store's.
+
+mod cursor;
+mod events;
+mod get;
+mod list;
+
+use std::time::Duration;
+
+use axum::response::Response;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{ApiError, AppState, Settings, timeout};
+use crate::domain::PredictionId;
+
+pub(super) const DEFAULT_LIMIT: u32 = 100;
+pub(super) const MAX_LIMIT: u32 = 1000;
+/// The longest `Prefer: wait`, and the wait of a bare `Prefer: wait`.
+pub(super) const MAX_WAIT_SECS: u64 = 60;
+pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub fn router(settings: &Settings) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(list::list))
+                .layer(timeout(settings.request_timeout)),
+        )
+        // Bounds itself: see `get_one`.
+        .routes(routes!(get::get_one))
+        // A stream lasts until its prediction ends; only its database reads are bounded.
+        .routes(routes!(events::events))
+}
+
+/// A prediction object as the platform sends it. Only `id` is required here; every field the
+/// platform sends, including ones added after this was written, is stored and returned as is.
+#[derive(ToSchema)]
+#[schema(as = Prediction)]
+#[allow(dead_code)] // describes JSON the service passes through, never builds
+pub struct PredictionObject {
+    id: String,
+    /// `starting`, `processing`, `succeeded`, `failed`, `canceled`, `aborted`, or a value added later
+    status: Option<String>,
+    model: Option<String>,
+    version: Option<String>,
+    #[schema(value_type = Object)]
+    input: Option<serde_json::Value>,
+    /// Any JSON; often null until the prediction succeeds
+    #[schema(value_type = Object)]
+    output: Option<serde_json::Value>,
+    logs: Option<String>,
+    error: Option<String>,
+    data_removed: Option<bool>,
+    /// RFC 3339
+    created_at: Option<String>,
+    started_at: Option<String>,
+    completed_at: Option<String>,
+    /// `get`, `cancel`, `web`, and `stream` for streaming models
+    #[schema(value_type = Object)]
+    urls: Option<serde_json::Value>,
+    #[schema(value_type = Object)]
+    metrics: Option<serde_json::Value>,
+}
+
+/// A page of the list, like the platform's own.
+#[derive(ToSchema)]
+#[allow(dead_code)] // assembled from stored bodies in `list_body`, documented here
+pub struct PredictionList {
+    /// The page before this one (newer predictions), to follow as is
+    previous: Option<String>,
+    /// The page after this one (older predictions), to follow as is
+    next: Option<String>,
+    results: Vec<PredictionObject>,
+}
+
+/// The id, if a delivery could ever carry it. Any other (empty, over 1024 bytes, with a NUL, which
+/// Postgres text cannot even hold) names no prediction, now or later: 404 at once, without a wait.
+pub(super) fn receivable(id: String) -> Result<String, ApiError> {
+    if PredictionId::is_valid(&id) {
+        Ok(id)
+    } else {
+        Err(not_received())
+    }
+}
+
+pub(super) fn not_received() -> ApiError {
+    ApiError::NotFound("no prediction with this id has been received".into())
+}
+
+pub(super) fn json(body: String) -> Response {
+    super::typed("application/json", body)
+}
