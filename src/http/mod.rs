@@ -6,9 +6,9 @@ mod auth;
 mod body;
 mod error;
 mod health;
-mod metrics;
 mod openapi;
 mod predictions;
+mod scrape;
 mod server;
 mod webhooks;
 
@@ -69,7 +69,7 @@ pub struct Shared {
     bodies: BodyBudget,
     /// Whether the workers the service needs are running.
     health: Health,
-    last_count: metrics::LastCount,
+    last_count: scrape::LastCount,
     settings: Settings,
     /// The OpenAPI description served at `/openapi.json`, rendered once from the routes; each
     /// answer shares it.
@@ -98,7 +98,7 @@ impl AppState {
             verifier: parts.verifier,
             bodies: parts.bodies,
             health: parts.health,
-            last_count: metrics::LastCount::default(),
+            last_count: scrape::LastCount::default(),
             settings,
             description,
         }))
@@ -119,7 +119,7 @@ pub fn router(parts: Parts, settings: Settings) -> Router {
         .merge(webhooks::router(&settings))
         .merge(predictions::router(&settings))
         .merge(health::router(&settings))
-        .merge(metrics::router(&settings))
+        .merge(scrape::router(&settings))
         .split_for_parts();
     let state = AppState::new(parts, settings, openapi::render(&description).into());
     router
@@ -135,7 +135,7 @@ pub fn router(parts: Parts, settings: Settings) -> Router {
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
-                .layer(tower::layer::layer_fn(metrics::CountRequests))
+                .layer(tower::layer::layer_fn(scrape::CountRequests))
                 .layer(CatchPanicLayer::new()),
         )
 }
