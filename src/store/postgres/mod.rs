@@ -28,8 +28,8 @@ const STATEMENT_TIMEOUT: &str = "10s";
 const WRITE_STATEMENT_TIMEOUT: &str = "5min";
 /// Memory the batch statement may use for each of its steps before it spills to temporary files.
 /// Its bodies pass through three of them (the batch's rows, their comparison with the stored
-/// states, the insert's sort by key): at the default 4 MB, a batch of 64 KiB bodies wrote
-/// gigabytes of temporary files and cost Postgres twice the CPU. This covers the largest batch
+/// states, the insert's sort by key): at the default 4 MB, batches of 64 KiB bodies wrote 4 GB of
+/// temporary files in one run of the waiters benchmark. This covers the largest batch
 /// (`ingest::MAX_BATCH_BYTES`, 64 MiB) in each; a batch of ordinary deliveries uses a few
 /// hundred KiB.
 const WRITE_WORK_MEM: &str = "256MB";
