@@ -133,7 +133,6 @@ pub async fn open(url: &DatabaseUrl, pool_size: u32) -> Result<Store, StoreError
     })
 }
 
-/// Predictions per stored status; the same SQL on either backend.
 /// The database, by backend. A Postgres URL may carry a password: never printed.
 #[derive(Clone)]
 pub enum DatabaseUrl {
@@ -154,7 +153,12 @@ impl fmt::Debug for DatabaseUrl {
 /// opened, before the database counts as unavailable: on either store.
 const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Predictions per stored status; the same SQL on either backend.
 const COUNT_BY_STATUS: &str = "SELECT status, count(*) FROM predictions GROUP BY status";
+
+/// Whether a prediction's latest state is terminal (`$2` is `Status::TERMINAL_RANK`); the same SQL
+/// on either backend.
+const FINISHED: &str = "SELECT progress_rank = $2 FROM predictions WHERE id = $1";
 
 /// A pool's connections in use and idle.
 fn pool_status<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> (u32, usize) {

@@ -186,13 +186,11 @@ impl Storage for Sqlite {
     }
 
     async fn finished(&self, id: &str) -> Result<Option<bool>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT progress_rank = $2 FROM predictions WHERE id = $1")
-                .bind(id)
-                .bind(Status::TERMINAL_RANK)
-                .fetch_optional(&self.readers)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(store::FINISHED)
+            .bind(id)
+            .bind(Status::TERMINAL_RANK)
+            .fetch_optional(&self.readers)
+            .await?)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {

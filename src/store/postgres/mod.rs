@@ -235,7 +235,7 @@ impl Storage for Postgres {
     async fn finished(&self, id: &str) -> Result<Option<bool>, StoreError> {
         let found = self
             .live(|| {
-                sqlx::query_scalar("SELECT progress_rank = $2 FROM predictions WHERE id = $1")
+                sqlx::query_scalar(store::FINISHED)
                     .bind(id)
                     .bind(Status::TERMINAL_RANK)
                     .fetch_optional(&self.pool)
