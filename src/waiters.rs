@@ -271,10 +271,10 @@ mod tests {
 
     #[tokio::test]
     async fn wakes_only_the_waiters_of_that_prediction() {
-        let changes = Waiters::new(10, None);
-        let mut a = changes.register("a", Interest::Every, 0).unwrap();
-        let mut b = changes.register("b", Interest::Every, 0).unwrap();
-        changes.wake(&change("a", false));
+        let waiters = Waiters::new(10, None);
+        let mut a = waiters.register("a", Interest::Every, 0).unwrap();
+        let mut b = waiters.register("b", Interest::Every, 0).unwrap();
+        waiters.wake(&change("a", false));
         assert!(a.changed().await);
         let b_woke = tokio::time::timeout(Duration::from_millis(50), b.changed()).await;
         assert!(b_woke.is_err());
@@ -282,22 +282,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_for_the_end_sleeps_through_every_other_change() {
-        let changes = Waiters::new(10, None);
-        let mut stream = changes.register("a", Interest::Every, 0).unwrap();
-        let mut wait = changes.register("a", Interest::Terminal, 0).unwrap();
-        changes.wake(&change("a", false));
+        let waiters = Waiters::new(10, None);
+        let mut stream = waiters.register("a", Interest::Every, 0).unwrap();
+        let mut wait = waiters.register("a", Interest::Terminal, 0).unwrap();
+        waiters.wake(&change("a", false));
         assert!(stream.changed().await);
         let woke = tokio::time::timeout(Duration::from_millis(50), wait.changed()).await;
         assert!(woke.is_err(), "a processing change woke a wait");
-        changes.wake(&change("a", true));
+        waiters.wake(&change("a", true));
         assert!(wait.changed().await && stream.changed().await);
     }
 
     #[tokio::test]
     async fn a_wake_before_the_wait_is_not_lost() {
-        let changes = Waiters::new(10, None);
-        let mut a = changes.register("a", Interest::Terminal, 0).unwrap();
-        changes.wake(&change("a", true));
+        let waiters = Waiters::new(10, None);
+        let mut a = waiters.register("a", Interest::Terminal, 0).unwrap();
+        waiters.wake(&change("a", true));
         assert!(
             tokio::time::timeout(Duration::from_secs(1), a.changed())
                 .await
@@ -307,35 +307,35 @@ mod tests {
 
     #[test]
     fn dropping_registrations_leaves_nothing_behind_and_the_caps_hold() {
-        let changes = Waiters::new(3, Some(2));
-        let first = changes.register("a", Interest::Every, 7).unwrap();
-        let second = changes.register("a", Interest::Terminal, 7).unwrap();
+        let waiters = Waiters::new(3, Some(2));
+        let first = waiters.register("a", Interest::Every, 7).unwrap();
+        let second = waiters.register("a", Interest::Terminal, 7).unwrap();
         assert_eq!(
-            changes.register("b", Interest::Every, 7).err(),
+            waiters.register("b", Interest::Every, 7).err(),
             Some(Refused::CallerFull)
         );
-        let other = changes.register("b", Interest::Every, 8).unwrap();
+        let other = waiters.register("b", Interest::Every, 8).unwrap();
         assert_eq!(
-            changes.register("c", Interest::Every, 9).err(),
+            waiters.register("c", Interest::Every, 9).err(),
             Some(Refused::Full)
         );
-        assert_eq!(changes.count(), 3);
+        assert_eq!(waiters.count(), 3);
         drop((first, other));
-        assert_eq!(changes.lock().len(), 1);
+        assert_eq!(waiters.lock().len(), 1);
         drop(second);
-        assert_eq!((changes.count(), changes.lock().len()), (0, 0));
-        assert!(lock(&changes.inner.by_caller).is_empty());
-        assert!(changes.register("b", Interest::Every, 7).is_ok());
+        assert_eq!((waiters.count(), waiters.lock().len()), (0, 0));
+        assert!(lock(&waiters.inner.by_caller).is_empty());
+        assert!(waiters.register("b", Interest::Every, 7).is_ok());
     }
 
     #[tokio::test]
     async fn closing_ends_every_wait_and_refuses_new_ones() {
-        let changes = Waiters::new(10, None);
-        let mut a = changes.register("a", Interest::Terminal, 0).unwrap();
-        changes.close();
+        let waiters = Waiters::new(10, None);
+        let mut a = waiters.register("a", Interest::Terminal, 0).unwrap();
+        waiters.close();
         assert!(!a.changed().await);
         assert_eq!(
-            changes.register("a", Interest::Every, 0).err(),
+            waiters.register("a", Interest::Every, 0).err(),
             Some(Refused::Closed)
         );
     }
