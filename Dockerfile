@@ -5,8 +5,10 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
-# The manifest names a benchmark, and cargo refuses a manifest whose targets are missing.
+# The manifest names benchmarks and the test support library, and cargo refuses a manifest whose
+# targets or members are missing.
 COPY benches benches
+COPY tests/support tests/support
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && mkdir migrations \
     && cargo build --release --locked \

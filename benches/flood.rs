@@ -1,7 +1,7 @@
 //! A flood from anyone who knows the URL, against the release binary with its default settings:
 //! `ATTACKERS` connections each send the headers of a delivery (well formed, timestamped now, a
 //! signature that matches nothing) announcing a 16 MiB body, send all of it but the last byte as
-//! fast as the service takes it, and stall (`tests/common/flood.rs`); whenever the service ends
+//! fast as the service takes it, and stall (`tests/support/src/flood.rs`); whenever the service ends
 //! one, it connects again.
 //! Meanwhile a sender delivers signed 10 KiB deliveries at 50 a second, as the platform would.
 //!
@@ -11,16 +11,14 @@
 //! Reports the service's peak RSS against its body budget (256 MiB by default) plus 64 MiB, and
 //! how every signed delivery was answered.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prediction_inbox::verify::Secret;
+use support::bench::{BenchDatabase, SECRET, Service, summary};
 use support::limits::raise_open_files;
-use support::{BenchDatabase, SECRET, Service, summary};
 
 const BODY: usize = 16 << 20;
 const DELIVERY: usize = 10 << 10;
@@ -29,7 +27,7 @@ const BUDGET: u64 = 256 << 20;
 
 #[tokio::main]
 async fn main() {
-    let args = support::args();
+    let args = support::bench::args();
     let backend = args.first().map_or("postgres", String::as_str).to_owned();
     let attackers: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(500);
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(30);

@@ -13,13 +13,11 @@
 //! the previous is answered. Reported: deliveries acknowledged per second, latency percentiles,
 //! answers that were not 2xx, and the service's resident memory idle and at its peak.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use prediction_inbox::sample;
 use prediction_inbox::verify::Secret;
-use support::{BenchDatabase, SECRET, Service, summary};
+use support::bench::{BenchDatabase, SECRET, Service, summary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -49,7 +47,7 @@ type Request = Vec<u8>;
 // and its database, and every cycle it spends is taken from them.
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let args = support::args();
+    let args = support::bench::args();
     // For tools/compare-naive.sh: the batch statement it runs alone.
     if args.first().map(String::as_str) == Some("statement") {
         println!("{}", prediction_inbox::store::POSTGRES_BATCH_STATEMENT);
@@ -101,7 +99,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = service.rss_kib();
     let target = service.address.trim_start_matches("http://").to_owned();
-    let busy_before = support::busy_cpu_seconds();
+    let busy_before = support::bench::busy_cpu_seconds();
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
     let senders: Vec<_> = streams
@@ -116,7 +114,7 @@ async fn main() {
         ran_out |= exhausted;
     }
     let elapsed = started.elapsed();
-    let busy = support::busy_cpu_seconds() - busy_before;
+    let busy = support::bench::busy_cpu_seconds() - busy_before;
     let (rss, peak) = service.memory();
     let metrics = reqwest::get(format!("{}/metrics", service.address))
         .await

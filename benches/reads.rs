@@ -10,16 +10,14 @@
 //! one at a time, so each latency is the service's and the database's alone. The walk to depth
 //! 500,000 follows the API's own `next` links, 1,000 a page, timing each page on the way.
 
-mod support;
-
 use std::time::Instant;
 
 use sqlx::{Connection, Executor};
-use support::{BenchDatabase, Service, TOKEN, summary};
+use support::bench::{BenchDatabase, Service, TOKEN, summary};
 
 #[tokio::main]
 async fn main() {
-    let args = support::args();
+    let args = support::bench::args();
     let backend = args.first().map_or("postgres", String::as_str).to_owned();
     let rows: u64 = args
         .get(1)

@@ -17,13 +17,11 @@
 //! deliveries arrive at 1,000 a second. Reported: the RSS while they are parked, and the wake
 //! latency and peak RSS while they are woken.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prediction_inbox::verify::Secret;
-use support::{BenchDatabase, SECRET, Service, TOKEN, summary};
+use support::bench::{BenchDatabase, SECRET, Service, TOKEN, summary};
 use tokio::sync::Semaphore;
 
 const BATCH: usize = 50;
@@ -36,7 +34,7 @@ const WAKE_RATE: u32 = 1000;
 
 #[tokio::main]
 async fn main() {
-    let words = support::args();
+    let words = support::bench::args();
     let args: Vec<usize> = words.iter().filter_map(|a| a.parse().ok()).collect();
     let waits = args.first().copied().unwrap_or(1000);
     let parked = args.get(1).copied().unwrap_or(10_000);
@@ -232,9 +230,9 @@ impl Bench {
         let mut ticks = tokio::time::interval(Duration::from_secs(1) / WAKE_RATE);
         let cpu = (
             service.cpu_seconds(),
-            support::process_cpu_seconds("self"),
-            support::busy_cpu_seconds(),
-            support::postgres_cpu_seconds(),
+            support::bench::process_cpu_seconds("self"),
+            support::bench::busy_cpu_seconds(),
+            support::bench::postgres_cpu_seconds(),
         );
         let started = Instant::now();
         let mut finishing = Vec::with_capacity(n);
@@ -260,9 +258,9 @@ impl Bench {
         let (_, waking_peak) = service.memory();
         let cpu = (
             service.cpu_seconds() - cpu.0,
-            support::process_cpu_seconds("self") - cpu.1,
-            support::busy_cpu_seconds() - cpu.2,
-            support::postgres_cpu_seconds() - cpu.3,
+            support::bench::process_cpu_seconds("self") - cpu.1,
+            support::bench::busy_cpu_seconds() - cpu.2,
+            support::bench::postgres_cpu_seconds() - cpu.3,
         );
         let connections = match protocol {
             "h2" => format!("{} HTTP/2 connections", n.div_ceil(H2_STREAMS)),

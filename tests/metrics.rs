@@ -1,11 +1,9 @@
 //! `GET /metrics`. The recorder is process-wide: the test runs once per backend, one at a time, and
 //! checks what each run added to the counters.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::{Backend, Delivery, TOKEN, now, prediction, spawn_app_with};
+use support::{Backend, Delivery, TOKEN, now, prediction, spawn_app_with};
 
 /// `(name, labels) -> value` for every sample line of a Prometheus text answer.
 fn samples(text: &str) -> Vec<(String, HashMap<String, String>, f64)> {
@@ -134,7 +132,7 @@ async fn metrics_count_what_the_service_does(backend: Backend) {
         .header("prefer", "wait=3")
         .send();
     let scrape_while_waiting = async {
-        common::eventually("the wait is parked", || async { app.waiters.count() == 1 }).await;
+        support::eventually("the wait is parked", || async { app.waiters.count() == 1 }).await;
         scrape().await
     };
     let (_, response) = tokio::join!(waiting, scrape_while_waiting);
@@ -238,4 +236,4 @@ async fn metrics_count_what_the_service_does(backend: Backend) {
     }
 }
 
-crate::on_each_backend!(metrics_count_what_the_service_does,);
+support::on_each_backend!(metrics_count_what_the_service_does,);

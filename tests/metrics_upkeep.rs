@@ -6,10 +6,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-mod common;
-
-use common::{Backend, spawn_app};
 use prediction_inbox::metrics;
+use support::{Backend, spawn_app};
 
 /// The system allocator, counting the bytes held.
 struct Counting;

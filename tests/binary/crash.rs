@@ -4,15 +4,13 @@
 //!
 //! CI runs 4 crashes per store. For a longer run:
 //!
-//!     INBOX_CRASHES=50 cargo test --test crash -- --nocapture
-
-mod common;
+//!     INBOX_CRASHES=50 cargo test --test binary crash -- --nocapture
 
 use std::time::Duration;
 
-use common::load::{Load, verify_acknowledged};
-use common::service::Service;
-use common::{Backend, TestStore};
+use support::load::{Load, verify_acknowledged};
+use support::service::Service;
+use support::{Backend, TestStore};
 
 async fn nothing_acknowledged_is_lost_across_kill_9_under_load(backend: Backend) {
     let crashes: usize = std::env::var("INBOX_CRASHES")
@@ -44,4 +42,4 @@ async fn nothing_acknowledged_is_lost_across_kill_9_under_load(backend: Backend)
     );
 }
 
-crate::on_each_backend!(nothing_acknowledged_is_lost_across_kill_9_under_load);
+support::on_each_backend!(nothing_acknowledged_is_lost_across_kill_9_under_load);

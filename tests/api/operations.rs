@@ -1,9 +1,7 @@
 //! Probes, and errors the framework makes still leaving as problems.
 
-mod common;
-
-use common::{Backend, Delivery, assert_problem, prediction, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
+use support::{Backend, Delivery, assert_problem, prediction, spawn_app, spawn_app_with};
 
 async fn probes_answer(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -79,10 +77,10 @@ async fn an_exhausted_pool_gets_503_within_the_timeout_not_a_hung_request() {
     let blocker = app.block_reads().await;
     let stuck = app.get("/v1/predictions/p1");
     let starved = async {
-        common::eventually_counts(
+        support::eventually_counts(
             "the read holds the one connection",
             app.postgres().1,
-            common::WAITING_ON_A_LOCK,
+            support::WAITING_ON_A_LOCK,
             1,
         )
         .await;
@@ -110,7 +108,7 @@ async fn the_service_speaks_cleartext_http2_too(backend: Backend) {
         .await;
     let response = client
         .get(format!("{}/v1/predictions/p1", app.address))
-        .bearer_auth(common::TOKEN)
+        .bearer_auth(support::TOKEN)
         .header("prefer", "wait=5")
         .send()
         .await
@@ -205,7 +203,7 @@ async fn a_client_stalling_its_body_gets_503_within_the_timeout(backend: Backend
     let head = format!(
         "POST /webhooks/replicate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n{}\
          Connection: close\r\n\r\n{{\"id\":",
-        common::plausible_headers()
+        support::plausible_headers()
     );
     let (elapsed, answer) = dribble(&app.address, &head, "").await;
     assert!(
@@ -226,7 +224,7 @@ async fn a_read_stuck_on_the_database_gets_503_within_the_timeout() {
         let mut request = app
             .client
             .get(format!("{}/v1/predictions/p1", app.address))
-            .bearer_auth(common::TOKEN);
+            .bearer_auth(support::TOKEN);
         if let Some(prefer) = prefer {
             request = request.header("prefer", prefer);
         }
@@ -245,7 +243,7 @@ async fn a_read_stuck_on_the_database_gets_503_within_the_timeout() {
     assert_eq!(app.get("/v1/predictions/p1").await.status(), StatusCode::OK);
 }
 
-crate::on_each_backend!(
+support::on_each_backend!(
     probes_answer,
     unknown_routes_and_methods_are_problems,
     a_request_stuck_on_the_database_gets_503_within_the_timeout,

@@ -1,11 +1,9 @@
 //! `GET /openapi.json`: valid OpenAPI 3.1 by a real validator, and complete.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{Backend, spawn_app};
 use serde_json::Value;
+use support::{Backend, spawn_app};
 
 /// Every route of the contract.
 const ROUTES: [(&str, &str); 8] = [
@@ -19,7 +17,7 @@ const ROUTES: [(&str, &str); 8] = [
     ("get", "/openapi.json"),
 ];
 
-async fn description(backend: Backend) -> (common::TestApp, Value, String) {
+async fn description(backend: Backend) -> (support::TestApp, Value, String) {
     let app = spawn_app(backend).await;
     let response = app
         .client
@@ -174,7 +172,7 @@ async fn headers_and_problems_are_described(backend: Backend) {
     assert!(doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer");
 }
 
-crate::on_each_backend!(
+support::on_each_backend!(
     the_description_is_valid_openapi_3_1,
     every_route_is_described_and_every_described_route_is_served,
     headers_and_problems_are_described,

@@ -1,19 +1,12 @@
 //! What the benchmarks share: the real release binary in a process of its own, a fresh database
 //! for it, and latency summaries.
-#![allow(dead_code)] // each benchmark uses its own share
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sqlx::{Connection, Executor, PgConnection};
 
-#[path = "../../tests/common/flood.rs"]
-pub mod flood;
-#[path = "../../tests/common/limits.rs"]
-pub mod limits;
-
-pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-pub const TOKEN: &str = "bench-token-0123456789";
+pub use crate::{SECRET, TOKEN};
 
 /// A database made for one run and removed after it: a Postgres database on the test server
 /// (`TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432`), or a SQLite file under
@@ -95,7 +88,8 @@ impl Service {
             .local_addr()
             .unwrap()
             .port();
-        let binary = env!("CARGO_BIN_EXE_prediction-inbox");
+        let binary = crate::service::binary();
+        let binary = binary.to_str().expect("a UTF-8 path");
         // A profiler to run the service under, e.g. `valgrind --tool=massif`.
         let wrap = std::env::var("INBOX_BENCH_WRAP").unwrap_or_default();
         let mut words = wrap.split_whitespace().chain([binary]);

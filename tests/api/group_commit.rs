@@ -1,13 +1,11 @@
 //! Group commit: deliveries that arrive together are written together, and each still gets the
 //! answer it would have had alone.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::{Backend, Delivery, TestApp, now, prediction, spawn_app};
 use futures_util::future::join_all;
 use reqwest::StatusCode;
+use support::{Backend, Delivery, TestApp, now, prediction, spawn_app};
 
 /// Sends every delivery at once; the status code and receipt status (or problem) of each.
 async fn send_together(app: &TestApp, deliveries: &[Delivery]) -> Vec<(StatusCode, String)> {
@@ -104,8 +102,8 @@ async fn a_life_sent_all_at_once_ends_in_its_final_state_with_one_receipt_each(b
 /// another in arrival order: `applied` if it advanced the state at its turn, even when a later one
 /// advanced it further; and the `applied` flag recorded says the same.
 async fn a_batch_is_answered_as_if_recorded_one_delivery_after_another(backend: Backend) {
-    let faults = std::sync::Arc::new(common::Faulty::default());
-    let app = common::spawn_app_with_faults(backend, &[], Some(faults.clone())).await;
+    let faults = std::sync::Arc::new(support::Faulty::default());
+    let app = support::spawn_app_with_faults(backend, &[], Some(faults.clone())).await;
     let t = now();
     // One prediction stored before the batch, at logs "abc".
     let stored = Delivery::at(t, prediction("known", "processing", "abc"));
@@ -137,7 +135,7 @@ async fn a_batch_is_answered_as_if_recorded_one_delivery_after_another(backend: 
         })
         .collect();
     let deliveries: Vec<Delivery> = batch.iter().map(|(d, _)| d.clone()).collect();
-    let answers = common::send_as_one_batch(&app, &faults, &deliveries).await;
+    let answers = support::send_as_one_batch(&app, &faults, &deliveries).await;
     let expected: Vec<_> = batch.iter().map(|(_, receipt)| *receipt).collect();
     let receipts: Vec<String> = answers
         .iter()
@@ -193,7 +191,7 @@ async fn a_failed_batch_answers_503_to_every_delivery_in_it_and_records_none(bac
 async fn past_a_full_queue_senders_get_503_and_lose_nothing(backend: Backend) {
     // More than the queue and every writer's largest batch can hold.
     const SENDERS: usize = 2300;
-    common::limits::raise_open_files(3 * SENDERS as u64 + 1000);
+    support::limits::raise_open_files(3 * SENDERS as u64 + 1000);
     let app = spawn_app(backend).await;
     let blocker = app.block_writes().await;
     let deliveries: Vec<Delivery> = (0..SENDERS)
@@ -202,7 +200,7 @@ async fn past_a_full_queue_senders_get_503_and_lose_nothing(backend: Backend) {
     let refused_so_far = std::sync::atomic::AtomicUsize::new(0);
     let release = async {
         // Once senders waited past the 5 s a sender waits for room in the queue.
-        common::eventually("a sender is refused", || async {
+        support::eventually("a sender is refused", || async {
             refused_so_far.load(std::sync::atomic::Ordering::SeqCst) > 0
         })
         .await;
@@ -240,7 +238,7 @@ async fn past_a_full_queue_senders_get_503_and_lose_nothing(backend: Backend) {
     assert_eq!(app.count("predictions").await, accepted as i64);
 }
 
-crate::on_each_backend!(
+support::on_each_backend!(
     copies_sent_together_record_one_and_answer_the_rest_duplicate,
     a_life_sent_all_at_once_ends_in_its_final_state_with_one_receipt_each,
     a_batch_is_answered_as_if_recorded_one_delivery_after_another,
@@ -290,7 +288,7 @@ async fn a_closed_store_writes_nothing_and_leaves_no_connection_open() {
     use prediction_inbox::store::DatabaseUrl;
     use prediction_inbox::store::{self, NewDelivery};
 
-    let db = common::TestDatabase::create().await;
+    let db = support::TestDatabase::create().await;
     let store = store::open(&DatabaseUrl::Postgres(db.url.clone()), 2)
         .await
         .unwrap();

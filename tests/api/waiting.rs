@@ -1,15 +1,13 @@
 //! `Prefer: wait` and the event stream: answers come when a commit advances the prediction, on
 //! whichever replica the delivery landed, without the waiter polling.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{
+use reqwest::{Response, StatusCode};
+use support::{
     Backend, Delivery, EventStream, Instance, TOKEN, TestApp, assert_problem, eventually,
     prediction, spawn_app, spawn_app_with,
 };
-use reqwest::{Response, StatusCode};
 
 async fn wait(app: &TestApp, address: &str, id: &str, prefer: &str) -> Response {
     app.client
@@ -277,7 +275,7 @@ async fn a_change_committed_while_nobody_listens_still_wakes_its_waiter() {
             .await;
         let listening = "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%' \
                          AND datname = current_database()";
-        common::eventually_counts("nobody listens", app.postgres().1, listening, 0).await;
+        support::eventually_counts("nobody listens", app.postgres().1, listening, 0).await;
         // Committed in the gap: its notification reaches no one.
         app.deliver(&Delivery::new(prediction("p1", "succeeded", ""))).await;
         app.postgres().0.admin("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true").await;
@@ -373,7 +371,7 @@ async fn one_token_cannot_take_every_waiting_slot(backend: Backend) {
     assert_eq!(status_of(response).await, "succeeded");
 }
 
-crate::on_each_backend!(
+support::on_each_backend!(
     a_wait_that_times_out_answers_the_state_at_its_deadline,
     an_event_stream_ends_at_its_longest_duration_saying_why,
     one_token_cannot_take_every_waiting_slot,

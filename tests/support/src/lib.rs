@@ -1,7 +1,8 @@
-//! What every API test needs: the real service on a random port over a fresh database — Postgres or
-//! SQLite — and a client that signs deliveries the way the platform does.
-#![allow(dead_code)] // each test binary uses its own share of these helpers
+//! What the tests share: the real service on a random port over a fresh database — Postgres or
+//! SQLite — and a client that signs deliveries the way the platform does; load, floods, and the
+//! real binary in a process of its own.
 
+pub mod bench;
 pub mod flood;
 pub mod limits;
 pub mod load;
@@ -46,11 +47,11 @@ macro_rules! on_each_backend {
         mod $test {
             #[tokio::test]
             async fn postgres() {
-                super::$test($crate::common::Backend::Postgres).await;
+                super::$test($crate::Backend::Postgres).await;
             }
             #[tokio::test]
             async fn sqlite() {
-                super::$test($crate::common::Backend::Sqlite).await;
+                super::$test($crate::Backend::Sqlite).await;
             }
         }
     )+};
@@ -141,7 +142,7 @@ pub struct TestFile {
 
 impl TestFile {
     pub fn create() -> Self {
-        let folder = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sqlite");
+        let folder = target_tmp().join("sqlite");
         std::fs::create_dir_all(&folder).expect("a folder for test databases");
         Self {
             path: folder.join(format!("{}.db", unique_name("inbox_test"))),
@@ -634,8 +635,24 @@ impl TestApp {
     }
 }
 
+/// Cargo's folder for what tests make (`target/tmp`), found from the running test executable
+/// (`target/<profile>/deps/…`): this library is not a test target, so cargo tells it nothing.
+pub fn target_tmp() -> PathBuf {
+    target_profile()
+        .parent()
+        .expect("the target folder")
+        .join("tmp")
+}
+
+/// The folder of the build profile the running test or benchmark was built in (`target/debug`).
+pub fn target_profile() -> PathBuf {
+    let executable = std::env::current_exe().expect("the test executable's path");
+    let deps = executable.parent().expect("the folder of test executables");
+    deps.parent().expect("the profile's folder").to_path_buf()
+}
+
 pub fn fixture(name: &str) -> String {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/../fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 

@@ -1,13 +1,11 @@
 //! Migrations of a database that holds data: what the service stored before reads the same after.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::{Backend, Delivery, TestDatabase, now, prediction, spawn_app};
 use prediction_inbox::store::DatabaseUrl;
 use prediction_inbox::store::{self, ListQuery};
 use sqlx::PgPool;
+use support::{Backend, Delivery, TestDatabase, now, prediction, spawn_app};
 
 /// The migration after which each prediction points at its latest delivery.
 const POINTERS: i64 = 20261126000003;
@@ -114,13 +112,13 @@ async fn the_order_key_grows_without_a_rewrite_and_rows_stored_before_are_measur
     let file = "SELECT relfilenode::int8 FROM pg_class WHERE relname = 'predictions'";
     let before: i64 = sqlx::query_scalar(file).fetch_one(&pool).await.unwrap();
 
-    let service = common::start(&db.url, &[], None).await;
+    let service = support::start(&db.url, &[], None).await;
     let after: i64 = sqlx::query_scalar(file).fetch_one(&pool).await.unwrap();
     assert_eq!(after, before, "the migration rewrote predictions");
 
     let client = reqwest::Client::new();
     let url = format!("{}/webhooks/replicate", service.address);
-    let secret = common::SECRET.parse().unwrap();
+    let secret = support::SECRET.parse().unwrap();
     let deliver = |output: &'static str| {
         let body = in_flight.replace("[\"a\",\"b\"]", output);
         let (client, url, secret) = (&client, &url, &secret);
@@ -139,7 +137,7 @@ async fn the_order_key_grows_without_a_rewrite_and_rows_stored_before_are_measur
         r#"{"status":"applied"}"#
     );
     let unmeasured = "SELECT count(*) FROM predictions WHERE progress_output IS NULL";
-    common::eventually_counts("every row has its output's length", &pool, unmeasured, 0).await;
+    support::eventually_counts("every row has its output's length", &pool, unmeasured, 0).await;
     let terminal: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM predictions WHERE progress_rank = 2 AND progress_output = 0",
     )
@@ -153,15 +151,17 @@ async fn the_order_key_grows_without_a_rewrite_and_rows_stored_before_are_measur
 /// in behind it.
 #[tokio::test]
 async fn on_sqlite_rows_stored_before_the_output_length_are_measured() {
-    let file = common::TestFile::create();
+    let file = support::TestFile::create();
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(&file.path)
         .create_if_missing(true);
     let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    sqlx::query(include_str!("../migrations/sqlite/20261125000001_core.sql"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(include_str!(
+        "../../migrations/sqlite/20261125000001_core.sql"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
     let t = now();
     let in_flight = prediction("flying", "processing", "ab")
         .replace("\"output\":null", "\"output\":[\"a\",\"b\"]");
@@ -213,8 +213,8 @@ async fn on_sqlite_rows_stored_before_the_output_length_are_measured() {
         .await
         .unwrap();
 
-    let service = common::start(&file.url(), &[], None).await;
-    let (client, secret) = (reqwest::Client::new(), common::SECRET.parse().unwrap());
+    let service = support::start(&file.url(), &[], None).await;
+    let (client, secret) = (reqwest::Client::new(), support::SECRET.parse().unwrap());
     let url = format!("{}/webhooks/replicate", service.address);
     let body = in_flight.replace("[\"a\",\"b\"]", "[\"a\"]");
     let answer = prediction_inbox::sample::send(&client, &url, &secret, body)
@@ -223,7 +223,7 @@ async fn on_sqlite_rows_stored_before_the_output_length_are_measured() {
     assert_eq!(answer.body, r#"{"status":"ignored"}"#);
     let unfilled = "SELECT count(*) FROM predictions \
                     WHERE progress_output IS NULL OR latest_delivery IS NULL";
-    common::eventually("every row is filled in", || async {
+    support::eventually("every row is filled in", || async {
         sqlx::query_scalar::<_, i64>(unfilled)
             .fetch_one(&pool)
             .await
@@ -341,7 +341,7 @@ async fn a_migration_may_take_longer_than_the_statement_timeout() {
     let waited_past_the_timeout = "SELECT count(*) FROM pg_stat_activity \
         WHERE datname = current_database() AND wait_event_type = 'Lock' \
         AND now() - query_start > interval '11 seconds'";
-    common::eventually_counts(
+    support::eventually_counts(
         "the migration waits past the statement timeout",
         &pool,
         waited_past_the_timeout,

@@ -2,16 +2,14 @@
 //! platform's deliveries keep getting in meanwhile; and that nothing verified is lost to what one
 //! delivery holds.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{
+use reqwest::StatusCode;
+use support::{
     Backend, Delivery, Faulty, TestApp, eventually, plausible_headers, prediction,
     send_as_one_batch, spawn_app_with, spawn_app_with_faults,
 };
-use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -48,8 +46,8 @@ async fn answer(stream: &mut TcpStream, within: Duration) -> (String, Instant) {
 
 async fn headers_that_cannot_verify_get_401_before_the_body_is_read(backend: Backend) {
     let app = spawn_app_with(backend, &[]).await;
-    let id = common::new_webhook_id();
-    let now = common::now();
+    let id = support::new_webhook_id();
+    let now = support::now();
     let bad = [
         String::new(),
         format!("webhook-id: {id}\r\nwebhook-timestamp: {now}\r\n"),
@@ -320,10 +318,10 @@ async fn a_batch_runs_until_its_deadline_past_the_reads_statement_timeout() {
         .await;
     let blocker = app.block_reads().await;
     let held = async {
-        common::eventually_counts(
+        support::eventually_counts(
             "the batch waits on the lock",
             app.postgres().1,
-            common::WAITING_ON_A_LOCK,
+            support::WAITING_ON_A_LOCK,
             1,
         )
         .await;
@@ -348,7 +346,7 @@ mod many_large_deliveries_at_once {
     }
 }
 
-crate::on_each_backend!(
+support::on_each_backend!(
     headers_that_cannot_verify_get_401_before_the_body_is_read,
     a_stalled_body_is_cut_off_long_before_the_request_timeout,
     a_trickled_body_is_cut_off_by_the_least_rate,

@@ -1,12 +1,10 @@
 //! `GET /v1/predictions/{id}` and `GET /v1/predictions`: auth, exact bodies, order, filters, cursors.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{Backend, Delivery, TOKEN, TestApp, assert_problem, now, prediction, spawn_app};
 use reqwest::StatusCode;
 use serde_json::Value;
+use support::{Backend, Delivery, TOKEN, TestApp, assert_problem, now, prediction, spawn_app};
 
 async fn reading_needs_an_accepted_bearer_token(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -360,7 +358,7 @@ async fn links_name_the_public_url_else_the_host_and_forwarded_headers_only_when
     );
 }
 
-crate::on_each_backend!(
+support::on_each_backend!(
     hostile_ids_and_filters_get_4xx_never_5xx,
     reading_needs_an_accepted_bearer_token,
     an_unknown_prediction_is_a_404_problem,

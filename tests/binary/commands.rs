@@ -1,13 +1,11 @@
 //! The real binary: commands, exit codes, durability across `kill -9`, draining on SIGTERM.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::service::{Service, command};
-use common::{Backend, SECRET, TOKEN, TestDatabase, TestStore, now, prediction};
 use serde_json::Value;
+use support::service::{Service, command};
+use support::{Backend, SECRET, TOKEN, TestDatabase, TestStore, now, prediction};
 
 #[test]
 fn missing_or_malformed_settings_stop_start_up_with_exit_2_naming_the_setting() {
@@ -93,7 +91,7 @@ fn an_explicit_config_file_that_is_missing_is_an_error() {
 
 #[test]
 fn sign_prints_the_reference_vectors() {
-    let vectors: Value = serde_json::from_str(&common::fixture("signature-vectors.json")).unwrap();
+    let vectors: Value = serde_json::from_str(&support::fixture("signature-vectors.json")).unwrap();
     for v in vectors["vectors"].as_array().unwrap() {
         let file = std::env::temp_dir().join(format!("inbox-sign-{}", fastrand::u64(..)));
         std::fs::write(&file, v["body"].as_str().unwrap()).unwrap();
@@ -117,7 +115,7 @@ fn sign_prints_the_reference_vectors() {
 }
 
 async fn deliver(address: &str, body: &str) -> reqwest::Response {
-    deliver_as(address, body, &common::new_webhook_id()).await
+    deliver_as(address, body, &support::new_webhook_id()).await
 }
 
 async fn deliver_as(address: &str, body: &str, id: &str) -> reqwest::Response {
@@ -236,10 +234,10 @@ async fn sigterm_drains_a_request_in_flight() {
             .await
             .status()
     });
-    common::eventually_counts(
+    support::eventually_counts(
         "the delivery waits on the row",
         &pool,
-        common::WAITING_ON_A_LOCK,
+        support::WAITING_ON_A_LOCK,
         1,
     )
     .await;
@@ -297,7 +295,7 @@ async fn sigterm_ends_waits_and_event_streams_at_once() {
     };
     let waiting = tokio::spawn(get("/v1/predictions/p1").header("prefer", "wait=60").send());
     let stream = get("/v1/predictions/p1/events").send().await.unwrap();
-    common::eventually("both are parked", || async {
+    support::eventually("both are parked", || async {
         let metrics = client
             .get(format!("{}/metrics", service.address))
             .send()
@@ -360,7 +358,7 @@ async fn run(args: Vec<String>) -> std::process::Output {
 
 #[tokio::test]
 async fn send_test_delivers_a_whole_signed_life_and_reports_each_answer() {
-    let app = common::spawn_app(Backend::Postgres).await;
+    let app = support::spawn_app(Backend::Postgres).await;
     let url = format!("{}/webhooks/replicate", app.address);
     let output = run(vec![
         "send-test".into(),
@@ -401,7 +399,7 @@ async fn send_test_delivers_a_whole_signed_life_and_reports_each_answer() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("-> 401"));
 }
 
-crate::on_each_backend!(nothing_acknowledged_is_lost_across_kill_9_and_sigterm_exits_0);
+support::on_each_backend!(nothing_acknowledged_is_lost_across_kill_9_and_sigterm_exits_0);
 
 /// Every setting the service reads is in the README's table and in the example config file.
 #[test]

@@ -4,12 +4,10 @@
 //! every refusal a 503 with `Retry-After`, `/readyz` 503 while the database is gone, recovery with
 //! no restart, and every acknowledged delivery stored afterwards.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::load::{Load, Sent, verify_acknowledged};
-use common::{Backend, Delivery, eventually, prediction, spawn_app};
+use support::load::{Load, Sent, verify_acknowledged};
+use support::{Backend, Delivery, eventually, prediction, spawn_app};
 
 const TERMINATE: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                          WHERE datname = '{db}' AND application_name = 'prediction-inbox'";

@@ -73,8 +73,7 @@ fn start() -> Result<String, String> {
     let bin = binaries().ok_or("no PostgreSQL server binaries (initdb, pg_ctl) are installed")?;
     // PostgreSQL refuses to run as root; as root, run it as its own user.
     let user = (geteuid() == 0).then(|| "postgres".to_owned());
-    let folder = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("throwaway-postgres-{}", std::process::id()));
+    let folder = super::target_tmp().join(format!("throwaway-postgres-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&folder);
     std::fs::create_dir_all(&folder).map_err(|e| format!("cannot create {folder:?}: {e}"))?;
     if let Some(user) = &user {

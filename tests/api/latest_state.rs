@@ -1,11 +1,9 @@
 //! The latest-state rule, end to end: through HTTP and Postgres, in any order, under concurrency.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::{Backend, Delivery, TestApp, now, prediction, spawn_app, spawn_app_with};
+use support::{Backend, Delivery, TestApp, now, prediction, spawn_app, spawn_app_with};
 
 /// (first delivered, then delivered, the second's receipt, which one is the latest state after).
 /// Each delivery is (status, logs, timestamp); the second's `webhook-id` is less than the first's
@@ -253,7 +251,7 @@ async fn send_all(app: &TestApp, queue: &std::sync::Mutex<Vec<Delivery>>) -> Vec
     }
 }
 
-crate::on_each_backend!(
+support::on_each_backend!(
     the_contract_table_through_the_database,
     every_ordering_with_duplicates_ends_in_the_in_order_state,
     a_concurrent_storm_ends_in_the_right_states_without_5xx,

@@ -1,11 +1,9 @@
 //! `POST /webhooks/replicate`: every row of the contract's delivery table.
 
-mod common;
-
-use common::{
+use reqwest::StatusCode;
+use support::{
     Backend, Delivery, assert_problem, fixture, now, prediction, spawn_app, spawn_app_with,
 };
-use reqwest::StatusCode;
 
 async fn a_verified_new_delivery_is_applied_and_stored_exactly(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -206,7 +204,7 @@ async fn verified_bodies_that_are_not_predictions_get_400_and_store_nothing(back
     // Signed bytes that are not UTF-8 verify, and are still no prediction.
     let bytes = b"{\"id\":\"\xff\"}".to_vec();
     let response = app
-        .signed_request(&common::new_webhook_id(), now(), &bytes)
+        .signed_request(&support::new_webhook_id(), now(), &bytes)
         .body(bytes)
         .send()
         .await
@@ -309,12 +307,12 @@ async fn a_verified_delivery_is_stored_as_sent_whatever_its_fields_hold(backend:
         Vec::<String>::new()
     );
     let held: Vec<(String, Option<String>)> = match &app.store {
-        common::TestStore::Postgres { pool, .. } => {
+        support::TestStore::Postgres { pool, .. } => {
             sqlx::query_as("SELECT id, model FROM predictions ORDER BY id")
                 .fetch_all(pool)
                 .await
         }
-        common::TestStore::Sqlite { pool, .. } => {
+        support::TestStore::Sqlite { pool, .. } => {
             sqlx::query_as("SELECT id, model FROM predictions ORDER BY id")
                 .fetch_all(pool)
                 .await
@@ -411,7 +409,7 @@ async fn a_failing_statement_gets_503_and_loses_nothing_stored(backend: Backend)
     assert_eq!(app.count("deliveries").await, 1);
 }
 
-crate::on_each_backend!(
+support::on_each_backend!(
     a_verified_new_delivery_is_applied_and_stored_exactly,
     every_fixture_is_accepted_and_returned_byte_for_byte,
     an_older_delivery_is_recorded_but_ignored,

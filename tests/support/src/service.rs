@@ -1,7 +1,7 @@
 //! The real binary in a process of its own, its log lines collected as they come.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -10,11 +10,14 @@ use serde_json::Value;
 
 use super::{SECRET, TOKEN};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_prediction-inbox");
+/// The service's binary, which cargo builds beside the tests of its package.
+pub fn binary() -> PathBuf {
+    super::target_profile().join("prediction-inbox")
+}
 
 /// The binary with a clean environment, run from a folder holding no config file.
 pub fn command(env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(binary());
     command.env_clear().current_dir(std::env::temp_dir());
     for (key, value) in env {
         command.env(key, value);

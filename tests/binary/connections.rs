@@ -3,14 +3,12 @@
 //! deadline closes every one of them. A flood of large bodies: the service holds no more than its
 //! budget. What is tested is the transport, which no store touches, so it runs over SQLite alone.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::service::Service;
-use common::{Backend, TestStore};
+use support::service::Service;
+use support::{Backend, TestStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -18,7 +16,7 @@ const CONNECTIONS: usize = 3000;
 
 #[tokio::test]
 async fn thousands_of_stalled_connections_cost_little_and_are_all_cut_off() {
-    let limit = common::limits::raise_open_files(2 * CONNECTIONS as u64 + 1000);
+    let limit = support::limits::raise_open_files(2 * CONNECTIONS as u64 + 1000);
     assert!(
         limit > CONNECTIONS as u64 + 500,
         "this test opens {CONNECTIONS} connections and the open-files limit is {limit} (its hard \
@@ -91,7 +89,7 @@ async fn a_flood_of_large_bodies_holds_no_more_than_the_body_budget() {
     const ATTACKERS: usize = 64;
     const ATTACKS: usize = 1500;
     const BODY: usize = 16 << 20;
-    common::limits::raise_open_files(4 * ATTACKERS as u64 + 1000);
+    support::limits::raise_open_files(4 * ATTACKERS as u64 + 1000);
     let store = TestStore::create(Backend::Sqlite).await;
     let service = Service::start_with(
         &[
@@ -109,7 +107,7 @@ async fn a_flood_of_large_bodies_holds_no_more_than_the_body_budget() {
             tokio::spawn(async move {
                 let mut ended = Vec::new();
                 while attacks.fetch_add(1, Ordering::Relaxed) < ATTACKS {
-                    ended.push(common::flood::large_unsigned_body(&addr, BODY).await);
+                    ended.push(support::flood::large_unsigned_body(&addr, BODY).await);
                 }
                 ended
             })

@@ -2,13 +2,11 @@
 //! verifier. Each must be refused with 401 and write nothing; the genuine delivery, sent last, must
 //! get in — so the harness can tell a refusal from a broken request.
 
-mod common;
-
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Backend, Delivery, now, prediction, spawn_app};
 use prediction_inbox::verify::Secret;
 use reqwest::StatusCode;
+use support::{Backend, Delivery, now, prediction, spawn_app};
 
 /// A request's three webhook headers (several signature headers allowed) and its body.
 struct Attempt {
@@ -31,7 +29,7 @@ async fn every_forgery_is_refused_and_the_genuine_delivery_is_not(backend: Backe
     let other: Secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".parse().unwrap();
     let sign_as =
         |secret: &Secret, id: &str, ts: i64, body: &str| secret.sign(id, ts, body.as_bytes());
-    let our: Secret = common::SECRET.parse().unwrap();
+    let our: Secret = support::SECRET.parse().unwrap();
     let attempt = |case, id: &str, ts: &str, signatures: &[&str], body: &str| Attempt {
         case,
         headers: [
@@ -220,4 +218,4 @@ async fn every_forgery_is_refused_and_the_genuine_delivery_is_not(backend: Backe
     println!("forgery cases tried: {tried}; bypasses: 0");
 }
 
-crate::on_each_backend!(every_forgery_is_refused_and_the_genuine_delivery_is_not);
+support::on_each_backend!(every_forgery_is_refused_and_the_genuine_delivery_is_not);
