@@ -174,7 +174,8 @@ async fn with_no_database_url_state_lives_in_a_sqlite_file_under_data() {
         // Kept across a restart.
         assert_eq!(read(&service.address, "p1").await, body);
         service.signal("-TERM");
-        assert_eq!(service.exit_code().0, Some(0));
+        let (code, log) = service.exit_code();
+        assert_eq!(code, Some(0), "{log:#?}");
     }
     assert!(folder.join("data/prediction-inbox.db").is_file());
     std::fs::remove_dir_all(&folder).unwrap();

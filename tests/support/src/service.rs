@@ -128,6 +128,9 @@ impl Service {
     pub fn exit_code(mut self) -> (Option<i32>, Vec<String>) {
         let status = self.child.wait().unwrap();
         self.log.extend(self.lines.try_iter());
+        if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
+            self.log.push(format!("(ended by signal {signal})"));
+        }
         (status.code(), std::mem::take(&mut self.log))
     }
 }
