@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use prediction_inbox::config::{self, Settings, Source};
+use prediction_inbox::retention::Policy;
 use prediction_inbox::sample;
 use prediction_inbox::startup::{self, Application};
 use prediction_inbox::store::DatabaseUrl;
@@ -26,6 +27,16 @@ enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Run retention once (INBOX_DELIVERY_RETENTION, INBOX_INTERMEDIATE_BODY_RETENTION) and
+    /// print what it removed.
+    Prune {
+        /// Count what it would remove, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Prune as if it were this time (RFC 3339); now by default.
+        #[arg(long, value_parser = parse_time)]
+        now: Option<time::OffsetDateTime>,
+    },
     /// Print the three webhook headers that sign FILE's exact bytes.
     Sign {
         /// The signing secret, `whsec_…`.
@@ -59,6 +70,13 @@ enum Command {
 enum Run {
     Serve(Settings),
     Migrate(DatabaseUrl, LogFormat),
+    Prune {
+        database_url: DatabaseUrl,
+        policy: Policy,
+        log_format: LogFormat,
+        now: time::OffsetDateTime,
+        dry_run: bool,
+    },
 }
 
 /// Exit code for missing or malformed settings and arguments, as clap uses for usage errors.
@@ -89,7 +107,7 @@ fn main() -> ExitCode {
             };
             return send_test(&url, &secret, &statuses);
         }
-        Command::Serve | Command::Migrate => {}
+        Command::Serve | Command::Migrate | Command::Prune { .. } => {}
     }
 
     let (file, required) = match cli.config {
@@ -98,6 +116,13 @@ fn main() -> ExitCode {
     };
     let run = Source::load(&file, required).and_then(|source| match command {
         Command::Serve => Settings::from_source(&source).map(Run::Serve),
+        Command::Prune { dry_run, now } => Ok(Run::Prune {
+            database_url: source.database_url()?,
+            policy: source.retention()?,
+            log_format: source.log_format()?,
+            now: now.unwrap_or_else(time::OffsetDateTime::now_utc),
+            dry_run,
+        }),
         _ => Ok(Run::Migrate(source.database_url()?, source.log_format()?)),
     });
     let run = match run {
@@ -109,7 +134,7 @@ fn main() -> ExitCode {
     };
     telemetry::init(match &run {
         Run::Serve(settings) => settings.log_format,
-        Run::Migrate(_, log_format) => *log_format,
+        Run::Migrate(_, log_format) | Run::Prune { log_format, .. } => *log_format,
     });
     prediction_inbox::memory::return_large_blocks();
 
@@ -128,6 +153,24 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Run::Migrate(database_url, _) => startup::migrate(&database_url).await,
+            Run::Prune {
+                database_url,
+                policy,
+                now,
+                dry_run,
+                ..
+            } => {
+                let pruned = startup::prune(&database_url, &policy, now, dry_run).await?;
+                let (verb, drop) = match dry_run {
+                    true => ("would remove", "would drop"),
+                    false => ("removed", "dropped"),
+                };
+                println!(
+                    "{verb} {} delivery records; {drop} {} bodies of superseded deliveries",
+                    pruned.deliveries, pruned.bodies
+                );
+                Ok(())
+            }
         }
     });
     match result {
@@ -137,6 +180,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--now`: an RFC 3339 time.
+fn parse_time(text: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|error| format!("not an RFC 3339 time: {error}"))
 }
 
 /// The `--secret` argument, reported without echoing it.

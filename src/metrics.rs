@@ -24,6 +24,7 @@ pub const WORKER_UP: &str = "inbox_worker_up";
 pub const WORKER_RESTARTS: &str = "inbox_worker_restarts_total";
 pub const CONNECTIONS_REFUSED: &str = "inbox_connections_refused_total";
 pub const BODY_BUDGET: &str = "inbox_body_budget_available_bytes";
+pub const PRUNED: &str = "inbox_pruned_total";
 
 /// Seconds; from well under a millisecond (an ingest) to a full `Prefer: wait`.
 const BUCKETS: &[f64] = &[
@@ -108,6 +109,10 @@ fn describe() {
         INGEST_DURATION,
         metrics::Unit::Seconds,
         "Time to parse and durably record a verified delivery"
+    );
+    describe_counter!(
+        PRUNED,
+        "What retention removed: delivery records (deliveries) and bodies dropped from records kept (bodies)"
     );
     describe_histogram!(
         BATCH_SIZE,

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::http::{self, BodyBudget};
 use crate::ingest::{Faults, Writer};
+use crate::retention;
 use crate::store::{self, DatabaseUrl, Store, StoreError};
 use crate::supervisor::{Role, Supervisor};
 use crate::verify::Verifier;
@@ -85,6 +86,11 @@ impl Application {
         });
         supervisor.spawn("metrics_upkeep", Role::Auxiliary, |stop| {
             until_stopped(stop, crate::metrics::keep_up())
+        });
+        let (pruned, policy) = (store.clone(), settings.retention);
+        let holder = worker_id();
+        supervisor.spawn("pruner", Role::Auxiliary, move |stop| {
+            until_stopped(stop, retention::run(pruned.clone(), policy, holder.clone()))
         });
         let backfilled = store.clone();
         supervisor.spawn("backfill", Role::Auxiliary, move |stop| {
@@ -191,6 +197,23 @@ async fn backfill(store: Store) {
     }
 }
 
+/// This process among the replicas, for the leases of background work: its host, its process id
+/// and a random part, as a host name and pid repeat across containers.
+fn worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default();
+    let mut random = [0u8; 4];
+    let _ = getrandom::getrandom(&mut random);
+    format!(
+        "{}/{}/{:08x}",
+        host.trim(),
+        std::process::id(),
+        u32::from_le_bytes(random)
+    )
+}
+
 /// Whether this process runs in a container, by the marks Docker, Podman and Kubernetes leave.
 fn in_container() -> bool {
     std::path::Path::new("/.dockerenv").exists()
@@ -205,6 +228,21 @@ pub async fn migrate(database_url: &DatabaseUrl) -> Result<(), StartupError> {
     store.close().await;
     tracing::info!(store = %store.describe(), "migrations applied");
     Ok(())
+}
+
+/// `prediction-inbox prune`: migrates, then runs retention once, as if it were `now`; with
+/// `dry_run`, counts what it would remove instead.
+pub async fn prune(
+    database_url: &DatabaseUrl,
+    policy: &retention::Policy,
+    now: time::OffsetDateTime,
+    dry_run: bool,
+) -> Result<store::Pruned, StartupError> {
+    let store = store::open(database_url, 1).await?;
+    store.migrate().await?;
+    let pruned = retention::prune_all(&store, policy, now, dry_run).await;
+    store.close().await;
+    Ok(pruned?)
 }
 
 /// Resolves on SIGTERM or SIGINT.

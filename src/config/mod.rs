@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::http::ApiTokens;
+use crate::retention::{self, Policy};
 use crate::store::DatabaseUrl;
 use crate::telemetry::LogFormat;
 use crate::verify::Secret;
@@ -128,6 +129,30 @@ impl Source {
         }
     }
 
+    /// `INBOX_DELIVERY_RETENTION` and `INBOX_INTERMEDIATE_BODY_RETENTION`.
+    pub fn retention(&self) -> Result<Policy, ConfigError> {
+        Ok(Policy {
+            deliveries: self.age("INBOX_DELIVERY_RETENTION", "30d")?,
+            bodies: self.age("INBOX_INTERMEDIATE_BODY_RETENTION", "24h")?,
+        })
+    }
+
+    /// A retention: `0`, or at least `Policy::SHORTEST`.
+    fn age(&self, key: &str, default: &str) -> Result<Option<Duration>, ConfigError> {
+        let text = self.get(key).unwrap_or_else(|| default.to_owned());
+        let age = retention::parse_age(&text).ok_or_else(|| {
+            ConfigError::new(key, "must be 0 or a whole number and a unit: 30d, 24h, 90m")
+        })?;
+        if age.is_some_and(|age| age < Policy::SHORTEST) {
+            return Err(ConfigError::new(
+                key,
+                "must be 0 (keep everything) or at least 1h: the platform's retries must find \
+                 the records they repeat",
+            ));
+        }
+        Ok(age)
+    }
+
     pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
         self.parsed("INBOX_LOG_FORMAT", LogFormat::Text, "`text` or `json`")
     }
@@ -155,6 +180,7 @@ pub struct Settings {
     pub public_url: Option<String>,
     pub trust_forwarded: bool,
     pub log_format: LogFormat,
+    pub retention: Policy,
 }
 
 /// The shortest bearer token accepted: anything shorter is guessable.
@@ -273,6 +299,7 @@ impl Settings {
             public_url,
             trust_forwarded: source.parsed("INBOX_TRUST_FORWARDED", false, "`true` or `false`")?,
             log_format: source.log_format()?,
+            retention: source.retention()?,
         })
     }
 }
@@ -321,6 +348,13 @@ mod tests {
         assert_eq!(settings.stream_max, Duration::from_secs(3600));
         assert!(!settings.trust_forwarded);
         assert_eq!(settings.webhook_secrets.len(), 1);
+        assert_eq!(
+            settings.retention,
+            Policy {
+                deliveries: Some(Duration::from_secs(30 * 86_400)),
+                bodies: Some(Duration::from_secs(86_400)),
+            }
+        );
     }
 
     #[test]
@@ -348,6 +382,10 @@ mod tests {
             ("INBOX_STREAM_MAX_SECS", "forever"),
             ("INBOX_TRUST_FORWARDED", "yes"),
             ("INBOX_LOG_FORMAT", "xml"),
+            ("INBOX_DELIVERY_RETENTION", "59m"),
+            ("INBOX_DELIVERY_RETENTION", "30"),
+            ("INBOX_INTERMEDIATE_BODY_RETENTION", "1s"),
+            ("INBOX_INTERMEDIATE_BODY_RETENTION", "a day"),
             (
                 "INBOX_WEBHOOK_SECRETS",
                 "whsec_dGhpcyBpcyBub3QgdGhlIHNlY3JldA==",

@@ -75,6 +75,14 @@ impl Status {
     pub fn is_terminal(&self) -> bool {
         self.rank() == Self::TERMINAL_RANK
     }
+
+    /// The names of the terminal statuses.
+    pub fn terminal_names() -> Vec<&'static str> {
+        Self::KNOWN
+            .into_iter()
+            .filter(|name| Self::parse(name).is_terminal())
+            .collect()
+    }
 }
 
 /// What a delivery's body says about its prediction.

@@ -22,6 +22,7 @@ pub const POSTGRES_BATCH_STATEMENT: &str = postgres::RECORD;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -84,6 +85,43 @@ pub trait Storage: Send + Sync + 'static {
 
     /// A page of latest states, walked by keyset over `(created_at, id)`.
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// A page of one prediction's deliveries, oldest first (by arrival, then `webhook-id`),
+    /// without their bodies.
+    async fn deliveries(&self, query: &HistoryQuery) -> Result<Vec<StoredDelivery>, StoreError>;
+
+    /// The bodies still kept of the named deliveries of one prediction, by `webhook-id`.
+    async fn bodies(
+        &self,
+        prediction_id: &str,
+        webhook_ids: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Takes or renews the lease named `name` for `holder` until `ttl` from now, unless another
+    /// holder's lease on it is still running: whether `holder` holds it. One replica at a time does
+    /// a background worker's job this way; a holder that stops renewing loses the lease when it
+    /// runs out. (On the embedded store, one process: always.)
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// One slice of retention's work, one short transaction: removes deliveries recorded before
+    /// `cutoffs.deliveries`, or else drops the bodies of those recorded before `cutoffs.bodies`
+    /// that are neither terminal nor a latest state, never touching the delivery a prediction's
+    /// latest state stands on. It goes through deliveries in the order they arrived, keeping its
+    /// place in the database, so each slice starts where the last one ended. `more` is false
+    /// once it has reached both cutoffs.
+    async fn prune(&self, cutoffs: &Cutoffs) -> Result<Slice, StoreError>;
+
+    /// What `prune` would remove, counted without removing anything: from the first delivery,
+    /// not from where the pruner has got to.
+    async fn prunable(&self, cutoffs: &Cutoffs) -> Result<Pruned, StoreError>;
+
+    /// Sends retention's walks back to the oldest delivery, for their next slices to go through
+    /// every delivery again: one that was a latest state when a walk passed it, and has been
+    /// superseded since, is visited then.
+    async fn rewind(&self) -> Result<(), StoreError>;
+
+    /// Whether retention has ever run on this database.
+    async fn has_pruned(&self) -> Result<bool, StoreError>;
 
     /// A feed of the ids of predictions whose change has been committed, by any process that
     /// shares this database.
@@ -151,7 +189,7 @@ impl fmt::Debug for DatabaseUrl {
 
 /// How long a request waits for a pooled connection, or a writer for its connection to be
 /// opened, before the database counts as unavailable: on either store.
-const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Predictions per stored status; the same SQL on either backend.
 const COUNT_BY_STATUS: &str = "SELECT status, count(*) FROM predictions GROUP BY status";
@@ -292,6 +330,89 @@ impl StoredPrediction {
             .as_deref()
             .is_some_and(|status| Status::parse(status).is_terminal())
     }
+}
+
+/// How far back retention keeps things: records of deliveries, and the bodies of superseded
+/// non-terminal ones (`None`: kept as long as their record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoffs {
+    pub deliveries: Option<OffsetDateTime>,
+    pub bodies: Option<OffsetDateTime>,
+}
+
+/// What retention removed, or would remove.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Delivery records removed.
+    pub deliveries: u64,
+    /// Bodies dropped from the records that stay.
+    pub bodies: u64,
+}
+
+impl std::ops::AddAssign for Pruned {
+    fn add_assign(&mut self, other: Self) {
+        self.deliveries += other.deliveries;
+        self.bodies += other.bodies;
+    }
+}
+
+/// One slice of retention's work: what it removed, and whether there is more before the cutoffs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    pub pruned: Pruned,
+    pub more: bool,
+}
+
+/// Retention's slices are this many deliveries: each one transaction of a few milliseconds.
+const PRUNE_SLICE: i64 = 500;
+
+/// Retention's two walks through the deliveries, in the order they arrived, each keeping its
+/// place in the table `background_work` under its name.
+#[derive(Debug, Clone, Copy)]
+enum Walk {
+    /// Removes records.
+    Deliveries,
+    /// Drops bodies.
+    Bodies,
+}
+
+impl Walk {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Deliveries => "prune_deliveries",
+            Self::Bodies => "prune_bodies",
+        }
+    }
+}
+
+/// Whether either walk has a place yet; the same SQL on either backend.
+const HAS_PRUNED: &str = "SELECT EXISTS (SELECT 1 FROM background_work \
+     WHERE name IN ('prune_deliveries', 'prune_bodies'))";
+
+/// A page of one prediction's deliveries, after `after` (arrival time, `webhook-id`).
+#[derive(Debug)]
+pub struct HistoryQuery {
+    pub prediction_id: String,
+    pub after: Option<(OffsetDateTime, String)>,
+    pub limit: u32,
+}
+
+/// One delivery of a prediction, as recorded.
+#[derive(Debug)]
+pub struct StoredDelivery {
+    pub webhook_id: String,
+    /// `webhook-timestamp`, Unix seconds.
+    pub webhook_timestamp: i64,
+    pub received_at: OffsetDateTime,
+    /// How it came: `webhook`.
+    pub source: String,
+    /// Its own status, as sent.
+    pub status: Option<String>,
+    /// Whether it became the prediction's latest state when it arrived.
+    pub applied: bool,
+    /// The body's length in bytes, kept or not.
+    pub body_size: i64,
+    pub body_kept: bool,
 }
 
 /// A place in the list (newest first by `created_at`, then `id`).

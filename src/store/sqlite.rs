@@ -11,13 +11,14 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
     SqliteSynchronous,
 };
+use time::OffsetDateTime;
 use tokio::sync::{Mutex, broadcast};
 use tokio::time::Instant;
 
 use crate::domain::{Prediction, Status, from_unix_micros, unix_micros};
 use crate::store::{
-    self, ACQUIRE_TIMEOUT, Change, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage,
-    StoreError, StoredPrediction,
+    self, ACQUIRE_TIMEOUT, Change, ChangeFeed, Cutoffs, HistoryQuery, ListQuery, NewDelivery,
+    Outcome, Page, Pruned, Slice, Storage, StoreError, StoredDelivery, StoredPrediction, Walk,
     keyset::{self, StatusIndex},
 };
 
@@ -210,6 +211,107 @@ impl Storage for Sqlite {
         Ok(keyset::page(query, rows))
     }
 
+    async fn deliveries(&self, query: &HistoryQuery) -> Result<Vec<StoredDelivery>, StoreError> {
+        let (after_at, after_id) = query.after.clone().unzip();
+        // The status of a delivery recorded before the column existed is read from its body
+        // here; SQLite's JSON functions take the first of duplicate keys, where the service
+        // takes the last, a difference only such a body shows.
+        let rows: Vec<HistoryRow> = sqlx::query_as(
+            "SELECT webhook_id, webhook_timestamp, received_at, source, \
+                    coalesce(status, CASE WHEN body_size IS NULL AND json_valid(body) \
+                                          THEN body ->> '$.status' END) AS status, \
+                    applied, coalesce(body_size, octet_length(body)) AS body_size, \
+                    body_size IS NULL AS body_kept \
+             FROM deliveries \
+             WHERE prediction_id = $1 AND ($2 IS NULL OR (received_at, webhook_id) > ($2, $3)) \
+             ORDER BY received_at, webhook_id LIMIT $4",
+        )
+        .bind(&query.prediction_id)
+        .bind(after_at.map(unix_micros))
+        .bind(after_id)
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.into_iter()
+            .map(HistoryRow::into_stored)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn bodies(
+        &self,
+        prediction_id: &str,
+        webhook_ids: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let ids = serde_json::to_string(webhook_ids).unwrap_or_default();
+        Ok(sqlx::query_as(
+            "SELECT webhook_id, body FROM deliveries \
+             WHERE prediction_id = $1 AND webhook_id IN (SELECT value FROM json_each($2)) \
+             AND body_size IS NULL",
+        )
+        .bind(prediction_id)
+        .bind(ids)
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    async fn lease(&self, _name: &str, _holder: &str, _ttl: Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn prune(&self, cutoffs: &Cutoffs) -> Result<Slice, StoreError> {
+        // Records first: a body is not worth dropping from a record about to go.
+        let mut slice = Slice::default();
+        if let Some(until) = cutoffs.deliveries {
+            slice = self.walk(Walk::Deliveries, until, None, None).await?.0;
+        }
+        if let (false, Some(until)) = (slice.more, cutoffs.bodies) {
+            let (bodies, _) = self
+                .walk(Walk::Bodies, until, cutoffs.deliveries, None)
+                .await?;
+            slice.pruned += bodies.pruned;
+            slice.more = bodies.more;
+        }
+        Ok(slice)
+    }
+
+    async fn prunable(&self, cutoffs: &Cutoffs) -> Result<Pruned, StoreError> {
+        let mut total = Pruned::default();
+        for (walk, until, floor) in [
+            (Walk::Deliveries, cutoffs.deliveries, None),
+            (Walk::Bodies, cutoffs.bodies, cutoffs.deliveries),
+        ] {
+            let Some(until) = until else { continue };
+            // The same walk, writing nothing, from the first delivery.
+            let mut from = 0;
+            loop {
+                let (slice, next) = self.walk(walk, until, floor, Some(from)).await?;
+                total += slice.pruned;
+                if !slice.more {
+                    break;
+                }
+                from = next;
+            }
+        }
+        Ok(total)
+    }
+
+    async fn rewind(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE background_work SET through_rowid = 0 \
+             WHERE name IN ('prune_deliveries', 'prune_bodies')",
+        )
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn has_pruned(&self) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(store::HAS_PRUNED)
+            .fetch_one(&self.readers)
+            .await?)
+    }
+
     async fn change_feed(&self) -> Result<Box<dyn ChangeFeed>, StoreError> {
         Ok(Box::new(InProcess(self.changes.subscribe())))
     }
@@ -230,14 +332,15 @@ async fn record_one(
     let changed = |done: SqliteQueryResult| done.rows_affected() == 1;
     let new = sqlx::query(
         "INSERT INTO deliveries \
-            (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body) \
-         VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (webhook_id) DO NOTHING",
+            (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body, status) \
+         VALUES ($1, $2, $3, $4, 0, $5, $6) ON CONFLICT (webhook_id) DO NOTHING",
     )
     .bind(delivery.webhook_id().as_str())
     .bind(delivery.prediction.id.as_str())
     .bind(delivery.webhook_timestamp())
     .bind(received_at)
     .bind(&delivery.body)
+    .bind(delivery.status())
     .execute(&mut *tx)
     .await
     .map(changed)?;
@@ -302,7 +405,126 @@ const LATEST_APPLIED: &str = "(SELECT d.webhook_id FROM deliveries AS d \
      WHERE d.prediction_id = predictions.id AND d.applied = 1 \
      ORDER BY d.received_at DESC, d.webhook_id DESC LIMIT 1)";
 
+/// Whether a delivery is the one its prediction's latest state stands on (or may be: a state not
+/// yet pointed at its delivery keeps all of them).
+const IS_LATEST: &str = "EXISTS (SELECT 1 FROM predictions AS p \
+     WHERE p.id = deliveries.prediction_id \
+     AND (p.latest_delivery = deliveries.webhook_id OR p.latest_delivery IS NULL))";
+
+#[derive(sqlx::FromRow)]
+struct WalkRow {
+    rowid: i64,
+    received_at: i64,
+    status: Option<String>,
+    kept: bool,
+    latest: bool,
+    /// Read only when the status must come from it.
+    body: Option<String>,
+}
+
 impl Sqlite {
+    /// One slice of `walk`, in one transaction through the one writer: the next `PRUNE_SLICE`
+    /// deliveries after its place (`from`: a dry run from there, which writes nothing), up to the
+    /// first that arrived at `until` or later (or, for the records, the newest); in the bodies' walk, skipping those that arrived
+    /// before `floor` (the records' walk removes them). Answers the slice and the rowid it got to.
+    async fn walk(
+        &self,
+        walk: Walk,
+        until: OffsetDateTime,
+        floor: Option<OffsetDateTime>,
+        from: Option<i64>,
+    ) -> Result<(Slice, i64), StoreError> {
+        let (until, floor) = (unix_micros(until), floor.map(unix_micros));
+        // Takes the write lock at once: a transaction that read first, and found the file changed
+        // by another writer (the service, when `prune` runs beside it) when it came to write,
+        // would fail at once instead of waiting its turn.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let after = match from {
+            Some(from) => from,
+            None => sqlx::query_scalar("SELECT through_rowid FROM background_work WHERE name = $1")
+                .bind(walk.name())
+                .fetch_optional(&mut *tx)
+                .await?
+                .unwrap_or(0),
+        };
+        let rows: Vec<WalkRow> = sqlx::query_as(&format!(
+            "SELECT rowid, received_at, status, body_size IS NULL AS kept, {IS_LATEST} AS latest, \
+                    CASE WHEN $2 AND status IS NULL AND body_size IS NULL THEN body END AS body \
+             FROM deliveries WHERE rowid > $1 ORDER BY rowid LIMIT $3"
+        ))
+        .bind(after)
+        .bind(matches!(walk, Walk::Bodies))
+        .bind(store::PRUNE_SLICE)
+        .fetch_all(&mut *tx)
+        .await?;
+        // The newest delivery is never removed, nor passed by the records' walk: SQLite gives a new
+        // row the rowid after the greatest, so with the greatest gone, the next delivery would
+        // get a rowid the walk has passed already, and never be visited.
+        let newest: i64 = sqlx::query_scalar("SELECT coalesce(max(rowid), 0) FROM deliveries")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut pruned = Pruned::default();
+        let mut place = after;
+        let mut more = rows.len() as i64 == store::PRUNE_SLICE;
+        for row in rows {
+            let last = matches!(walk, Walk::Deliveries) && row.rowid >= newest;
+            if row.received_at >= until || last {
+                more = false;
+                break;
+            }
+            place = row.rowid;
+            if row.latest || floor.is_some_and(|floor| row.received_at < floor) {
+                continue;
+            }
+            match walk {
+                Walk::Deliveries => {
+                    if from.is_none() {
+                        sqlx::query("DELETE FROM deliveries WHERE rowid = $1")
+                            .bind(row.rowid)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    pruned.deliveries += 1;
+                }
+                Walk::Bodies => {
+                    let status = row.status.or_else(|| {
+                        let body = row.body.as_deref()?;
+                        Some(Prediction::parse(body).ok()?.status?.as_str().to_owned())
+                    });
+                    let Some(status) = status.filter(|s| !Status::parse(s).is_terminal()) else {
+                        continue;
+                    };
+                    if !row.kept {
+                        continue;
+                    }
+                    if from.is_none() {
+                        sqlx::query(
+                            "UPDATE deliveries SET body = '', \
+                             body_size = octet_length(body), status = $2 WHERE rowid = $1",
+                        )
+                        .bind(row.rowid)
+                        .bind(status)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    pruned.bodies += 1;
+                }
+            }
+        }
+        if from.is_none() {
+            sqlx::query(
+                "INSERT INTO background_work (name, through_rowid) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET through_rowid = $2",
+            )
+            .bind(walk.name())
+            .bind(place)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        Ok((Slice { pruned, more }, place))
+    }
+
     /// Fills in the order's newer columns for the predictions still in flight, measuring each
     /// stored body's output: they are few, and their next delivery compares with them. (A
     /// terminal state's output counts as 0, so the rest can wait for `backfill`.)
@@ -343,6 +565,39 @@ fn refused_for_the_data(error: &sqlx::Error) -> bool {
 }
 
 #[derive(sqlx::FromRow)]
+struct HistoryRow {
+    webhook_id: String,
+    webhook_timestamp: i64,
+    received_at: i64,
+    source: String,
+    status: Option<String>,
+    applied: bool,
+    body_size: Option<i64>,
+    body_kept: bool,
+}
+
+impl HistoryRow {
+    fn into_stored(self) -> Result<StoredDelivery, sqlx::Error> {
+        Ok(StoredDelivery {
+            webhook_id: self.webhook_id,
+            webhook_timestamp: self.webhook_timestamp,
+            received_at: micros_to_time(self.received_at, "received_at")?,
+            source: self.source,
+            status: self.status,
+            applied: self.applied,
+            body_size: self.body_size.unwrap_or(0),
+            body_kept: self.body_kept,
+        })
+    }
+}
+
+/// A stored Unix-microseconds column as a time.
+fn micros_to_time(micros: i64, column: &str) -> Result<OffsetDateTime, sqlx::Error> {
+    from_unix_micros(micros)
+        .ok_or_else(|| sqlx::Error::Decode(format!("{column} {micros} is out of range").into()))
+}
+
+#[derive(sqlx::FromRow)]
 struct Row {
     id: String,
     status: Option<String>,
@@ -352,9 +607,7 @@ struct Row {
 
 impl Row {
     fn into_stored(self) -> Result<StoredPrediction, sqlx::Error> {
-        let created_at = from_unix_micros(self.created_at).ok_or_else(|| {
-            sqlx::Error::Decode(format!("created_at {} is out of range", self.created_at).into())
-        })?;
+        let created_at = micros_to_time(self.created_at, "created_at")?;
         Ok(StoredPrediction {
             id: self.id,
             status: self.status,

@@ -14,5 +14,6 @@ mod operations;
 mod ordering_property;
 mod outage;
 mod predictions;
+mod retention;
 mod waiting;
 mod webhooks;

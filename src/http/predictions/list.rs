@@ -181,7 +181,7 @@ fn timestamp(name: &str, text: &str) -> Result<OffsetDateTime, ApiError> {
 /// Where the client reached us: the configured public URL, else what its request said — its
 /// `Host`, and the `X-Forwarded-*` a proxy in front sets only when the operator trusts them (any
 /// client can send them, and a link built from them would point wherever it liked).
-fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+pub(super) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     let settings = &state.settings;
     if let Some(url) = &settings.public_url {
         return url.to_string();

@@ -1,12 +1,14 @@
-//! `GET /v1/predictions/{id}` (with `Prefer: wait`), `GET /v1/predictions/{id}/events` and
-//! `GET /v1/predictions`, shaped like Replicate's own so its official clients read from this service
+//! `GET /v1/predictions/{id}` (with `Prefer: wait`), `GET /v1/predictions/{id}/events`,
+//! `GET /v1/predictions/{id}/deliveries` and `GET /v1/predictions`, shaped like Replicate's own so its official clients read from this service
 //! with only their base URL changed.
 //!
 //! One file a concern: `get.rs` (one prediction, `Prefer: wait`), `events.rs` (the event stream),
-//! `list.rs` (the list and its links), `cursor.rs` (the list cursor's text form). The keyset query
-//! itself is the store's.
+//! `list.rs` (the list and its links), `cursor.rs` (the list cursor's text form),
+//! `deliveries.rs` (one prediction's delivery history). The keyset queries themselves are the
+//! store's.
 
 mod cursor;
+mod deliveries;
 mod events;
 mod get;
 mod list;
@@ -32,6 +34,7 @@ pub fn router(settings: &Settings) -> OpenApiRouter<AppState> {
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(list::list))
+                .routes(routes!(deliveries::history))
                 .layer(timeout(settings.request_timeout)),
         )
         // Bounds itself: see `get_one`.

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor};
+use time::OffsetDateTime;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::domain::Status;
 use crate::store::{
-    self, ACQUIRE_TIMEOUT, ChangeFeed, ListQuery, NewDelivery, Outcome, Page, Storage, StoreError,
-    StoredPrediction,
+    self, ACQUIRE_TIMEOUT, ChangeFeed, Cutoffs, HistoryQuery, ListQuery, NewDelivery, Outcome,
+    Page, Pruned, Slice, Storage, StoreError, StoredDelivery, StoredPrediction, Walk,
     keyset::{self, StatusIndex},
 };
 use plan::Plan;
@@ -83,6 +84,8 @@ pub struct Postgres {
     writes: Mutex<Option<PgConnection>>,
     /// The last id of `predictions` the backfill has been through; `None` once it is done.
     backfilled: Mutex<Option<String>>,
+    /// The span of time retention's next slice looks at (see `PRUNE_WINDOW`).
+    prune_window: Mutex<Duration>,
 }
 
 impl Postgres {
@@ -105,6 +108,7 @@ impl Postgres {
             writes: Mutex::new(None),
             // Every id is greater than the empty string.
             backfilled: Mutex::new(Some(String::new())),
+            prune_window: Mutex::new(PRUNE_WINDOW),
         })
     }
 }
@@ -256,6 +260,100 @@ impl Storage for Postgres {
         Ok(keyset::page(query, rows))
     }
 
+    async fn deliveries(&self, query: &HistoryQuery) -> Result<Vec<StoredDelivery>, StoreError> {
+        let (after_at, after_id) = query.after.clone().unzip();
+        let rows: Vec<HistoryRow> = self
+            .live(|| {
+                sqlx::query_as(HISTORY)
+                    .bind(&query.prediction_id)
+                    .bind(after_at)
+                    .bind(&after_id)
+                    .bind(i64::from(query.limit))
+                    .fetch_all(&self.pool)
+            })
+            .await?;
+        Ok(rows.into_iter().map(HistoryRow::into_stored).collect())
+    }
+
+    async fn bodies(
+        &self,
+        prediction_id: &str,
+        webhook_ids: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .live(|| {
+                sqlx::query_as(
+                    "SELECT webhook_id, body FROM deliveries \
+                     WHERE prediction_id = $1 AND webhook_id = ANY($2) AND body_size IS NULL",
+                )
+                .bind(prediction_id)
+                .bind(webhook_ids)
+                .fetch_all(&self.pool)
+            })
+            .await?)
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let held: Option<String> = self
+            .live(|| {
+                sqlx::query_scalar(LEASE)
+                    .bind(name)
+                    .bind(holder)
+                    .bind(ttl)
+                    .fetch_optional(&self.pool)
+            })
+            .await?;
+        Ok(held.is_some())
+    }
+
+    async fn prune(&self, cutoffs: &Cutoffs) -> Result<Slice, StoreError> {
+        // Records first: a body is not worth dropping from a record about to go.
+        let mut slice = Slice::default();
+        if let Some(cutoff) = cutoffs.deliveries {
+            slice = self.walk(Walk::Deliveries, cutoff, None).await?;
+        }
+        if let (false, Some(cutoff)) = (slice.more, cutoffs.bodies) {
+            let bodies = self.walk(Walk::Bodies, cutoff, cutoffs.deliveries).await?;
+            slice.pruned += bodies.pruned;
+            slice.more = bodies.more;
+        }
+        Ok(slice)
+    }
+
+    async fn prunable(&self, cutoffs: &Cutoffs) -> Result<Pruned, StoreError> {
+        let (deliveries, bodies): (i64, i64) = self
+            .live(|| {
+                sqlx::query_as(PRUNABLE)
+                    .bind(cutoffs.deliveries)
+                    .bind(cutoffs.bodies)
+                    .bind(Status::terminal_names())
+                    .fetch_one(&self.pool)
+            })
+            .await?;
+        Ok(Pruned {
+            deliveries: deliveries.unsigned_abs(),
+            bodies: bodies.unsigned_abs(),
+        })
+    }
+
+    async fn rewind(&self) -> Result<(), StoreError> {
+        self.live(|| {
+            sqlx::query(
+                "UPDATE background_work SET through_at = NULL, through_id = NULL \
+                 WHERE name IN ('prune_deliveries', 'prune_bodies')",
+            )
+            .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn has_pruned(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .live(|| sqlx::query_scalar(store::HAS_PRUNED).fetch_one(&self.pool))
+            .await?)
+    }
+
     async fn change_feed(&self) -> Result<Box<dyn ChangeFeed>, StoreError> {
         Ok(Box::new(listen::ChangeListener::connect(&self.pool).await?))
     }
@@ -269,7 +367,110 @@ impl Storage for Postgres {
     }
 }
 
+/// The span of arrival times one slice of retention looks at first. It halves after a slice that
+/// found more deliveries than it takes and doubles after one that found fewer, so that a slice
+/// sorts about as many rows as it removes however busy that hour was.
+const PRUNE_WINDOW: Duration = Duration::from_secs(60);
+const PRUNE_WINDOW_MIN: Duration = Duration::from_millis(1);
+const PRUNE_WINDOW_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long after it arrived a delivery may still be committing (its batch's deadline is far
+/// shorter): retention's place in time never passes now minus this.
+const SETTLING: Duration = Duration::from_secs(300);
+
 impl Postgres {
+    /// One slice of `walk`: the deliveries from where it has got to (or `floor`, if later) up to
+    /// `until`, at most `PRUNE_SLICE` of them, in one transaction with its new place.
+    async fn walk(
+        &self,
+        walk: Walk,
+        until: OffsetDateTime,
+        floor: Option<OffsetDateTime>,
+    ) -> Result<Slice, StoreError> {
+        // Held throughout: one slice at a time in this process.
+        let mut window = self.prune_window.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let place: Option<(Option<OffsetDateTime>, Option<String>)> = sqlx::query_as(
+            "SELECT through_at, through_id FROM background_work WHERE name = $1 FOR UPDATE",
+        )
+        .bind(walk.name())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (mut at, mut id) = match place {
+            Some((Some(at), id)) => (at, id.unwrap_or_default()),
+            // The first walk starts at the oldest delivery: one pass over the table, once.
+            _ => {
+                let oldest: Option<OffsetDateTime> =
+                    sqlx::query_scalar("SELECT min(received_at) FROM deliveries")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                (oldest.unwrap_or(until), String::new())
+            }
+        };
+        if let Some(floor) = floor.filter(|floor| *floor > at) {
+            (at, id) = (floor, String::new());
+        }
+        if at >= until {
+            return Ok(Slice::default());
+        }
+        let end = until.min(at + *window);
+        let statement = match walk {
+            Walk::Deliveries => PRUNE_DELIVERIES,
+            Walk::Bodies => PRUNE_BODIES,
+        };
+        let mut statement = sqlx::query_as(statement)
+            .bind(at)
+            .bind(&id)
+            .bind(end)
+            .bind(store::PRUNE_SLICE);
+        if let Walk::Bodies = walk {
+            statement = statement.bind(Status::terminal_names());
+        }
+        let (seen, removed, last_at, last_id): (i64, i64, Option<OffsetDateTime>, Option<String>) =
+            statement.fetch_one(&mut *tx).await?;
+        let now = OffsetDateTime::now_utc();
+        let (next_at, next_id, more) = match (last_at, last_id) {
+            (Some(last_at), Some(last_id)) if seen >= store::PRUNE_SLICE => {
+                *window = (*window / 2).max(PRUNE_WINDOW_MIN);
+                (last_at, last_id, true)
+            }
+            // The whole window is done. Its place stays behind deliveries that may still be
+            // committing, which a pruner run with a clock ahead of time (`prune --now`) reaches;
+            // and there is nothing to find past now.
+            _ => {
+                *window = (*window * 2).min(PRUNE_WINDOW_MAX);
+                (
+                    end.min(now - SETTLING),
+                    String::new(),
+                    end < until && end < now,
+                )
+            }
+        };
+        sqlx::query(
+            "INSERT INTO background_work (name, through_at, through_id) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET through_at = $2, through_id = $3",
+        )
+        .bind(walk.name())
+        .bind(next_at)
+        .bind(&next_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let removed = removed.unsigned_abs();
+        Ok(Slice {
+            pruned: match walk {
+                Walk::Deliveries => Pruned {
+                    deliveries: removed,
+                    bodies: 0,
+                },
+                Walk::Bodies => Pruned {
+                    deliveries: 0,
+                    bodies: removed,
+                },
+            },
+            more,
+        })
+    }
+
     /// The plan's one statement: upsert each prediction's offered delivery, insert every new
     /// delivery with `applied` as the upsert said, and announce the changes. It runs alone, in
     /// autocommit, on the connection kept for writes: a batch costs one round trip. The statement
@@ -546,8 +747,8 @@ WITH d AS (
     FROM compared AS c LEFT JOIN latest AS n ON n.id = c.prediction_id
 ), recorded AS (
     INSERT INTO deliveries
-        (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body)
-    SELECT c.webhook_id, c.prediction_id, c.ts, c.received_at, x.applied, c.body
+        (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body, status)
+    SELECT c.webhook_id, c.prediction_id, c.ts, c.received_at, x.applied, c.body, c.status
     FROM compared AS c JOIN decided AS x USING (webhook_id)
     ORDER BY c.webhook_id
     RETURNING webhook_id, applied
@@ -561,3 +762,155 @@ FROM (SELECT coalesce(array_agg(webhook_id) FILTER (WHERE applied), '{}') FROM r
      (SELECT count(*) FROM announced) AS a (notified)
 "#
 );
+
+/// Whether delivery `$d` is the one its prediction's latest state stands on (or may be: a state
+/// not yet pointed at its delivery keeps all of them).
+macro_rules! is_latest {
+    ($d:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM predictions AS p WHERE p.id = ",
+            $d,
+            ".prediction_id AND (p.latest_delivery = ",
+            $d,
+            ".webhook_id OR p.latest_delivery IS NULL))"
+        )
+    };
+}
+
+/// A delivery's status: as recorded, or, for one recorded before the column existed, read from
+/// its body while it has one (unless the body holds a `\u0000` escape, which PostgreSQL refuses
+/// to decode: then unknown).
+macro_rules! delivery_status {
+    ($d:literal) => {
+        concat!(
+            "coalesce(",
+            $d,
+            ".status, CASE WHEN strpos(",
+            $d,
+            r".body, '\u0000') = 0 THEN ",
+            $d,
+            ".body::json ->> 'status' END)"
+        )
+    };
+}
+
+/// The next deliveries of a walk: after ($1, $2), before $3, at most $4, in arrival order. The
+/// BRIN index on `received_at` finds the window.
+macro_rules! prune_candidates {
+    () => {
+        "WITH candidates AS (
+            SELECT webhook_id, prediction_id, received_at FROM deliveries
+            WHERE received_at >= $1 AND received_at < $3 AND (received_at, webhook_id) > ($1, $2)
+            ORDER BY received_at, webhook_id
+            LIMIT $4
+        ), last AS (
+            SELECT received_at, webhook_id FROM candidates
+            ORDER BY received_at DESC, webhook_id DESC LIMIT 1
+        )"
+    };
+}
+
+/// A slice of the records' walk: removes every candidate but the latest states'. Answers how
+/// many it looked at and removed, and the last one it looked at.
+const PRUNE_DELIVERIES: &str = concat!(
+    prune_candidates!(),
+    ", removed AS (
+        DELETE FROM deliveries AS d USING candidates AS c
+        WHERE d.webhook_id = c.webhook_id AND NOT ",
+    is_latest!("c"),
+    "
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM removed),
+           last.received_at, last.webhook_id
+    FROM (SELECT 1) AS one LEFT JOIN last ON true"
+);
+
+/// A slice of the bodies' walk: drops the body of every candidate that still has one, whose
+/// status is known and not terminal ($5), and that is no latest state, keeping its status and
+/// size. Answers as `PRUNE_DELIVERIES`.
+const PRUNE_BODIES: &str = concat!(
+    prune_candidates!(),
+    ", known AS (
+        SELECT d.webhook_id, ",
+    delivery_status!("d"),
+    " AS status
+        FROM deliveries AS d JOIN candidates AS c USING (webhook_id)
+        WHERE d.body_size IS NULL AND NOT ",
+    is_latest!("d"),
+    "
+    ), dropped AS (
+        UPDATE deliveries AS d
+        SET body = NULL, body_size = octet_length(d.body), status = k.status
+        FROM known AS k
+        WHERE d.webhook_id = k.webhook_id AND k.status <> ALL($5::text[])
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM dropped),
+           last.received_at, last.webhook_id
+    FROM (SELECT 1) AS one LEFT JOIN last ON true"
+);
+
+/// What retention would remove before the cutoffs $1 (records) and $2 (bodies), $3 the terminal
+/// statuses: counted over the whole table.
+const PRUNABLE: &str = concat!(
+    "SELECT
+        (SELECT count(*) FROM deliveries AS d
+         WHERE d.received_at < $1 AND NOT ",
+    is_latest!("d"),
+    "),
+        (SELECT count(*) FROM deliveries AS d
+         WHERE d.received_at < $2 AND ($1::timestamptz IS NULL OR d.received_at >= $1)
+           AND d.body_size IS NULL AND ",
+    delivery_status!("d"),
+    " <> ALL($3::text[]) AND NOT ",
+    is_latest!("d"),
+    ")"
+);
+
+/// Takes the lease $1 for $2 until $3 from now, unless another holder's is still running;
+/// answers a row if $2 holds it.
+const LEASE: &str = "
+INSERT INTO background_work AS w (name, holder, held_until) VALUES ($1, $2, now() + $3)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, held_until = excluded.held_until
+WHERE w.holder IS NULL OR w.holder = excluded.holder OR w.held_until < now()
+RETURNING holder";
+
+/// A page of prediction $1's deliveries after ($2, $3), at most $4.
+const HISTORY: &str = concat!(
+    "SELECT webhook_id, webhook_timestamp, received_at, source, ",
+    delivery_status!("d"),
+    " AS status, applied, coalesce(body_size, octet_length(body)) AS body_size,
+       body_size IS NULL AS body_kept
+FROM deliveries AS d
+WHERE prediction_id = $1 AND ($2::timestamptz IS NULL OR (received_at, webhook_id) > ($2, $3))
+ORDER BY received_at, webhook_id
+LIMIT $4"
+);
+
+#[derive(sqlx::FromRow)]
+struct HistoryRow {
+    webhook_id: String,
+    webhook_timestamp: i64,
+    received_at: OffsetDateTime,
+    source: String,
+    status: Option<String>,
+    applied: bool,
+    body_size: Option<i64>,
+    body_kept: bool,
+}
+
+impl HistoryRow {
+    fn into_stored(self) -> StoredDelivery {
+        StoredDelivery {
+            webhook_id: self.webhook_id,
+            webhook_timestamp: self.webhook_timestamp,
+            received_at: self.received_at,
+            source: self.source,
+            status: self.status,
+            applied: self.applied,
+            body_size: self.body_size.unwrap_or(0),
+            body_kept: self.body_kept,
+        }
+    }
+}

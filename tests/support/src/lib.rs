@@ -22,7 +22,7 @@ use prediction_inbox::config::{Settings, Source};
 use prediction_inbox::http::BodyBudget;
 use prediction_inbox::ingest::{Faults, Writer};
 use prediction_inbox::startup::Application;
-use prediction_inbox::store::{NewDelivery, StoreError};
+use prediction_inbox::store::{NewDelivery, Store, StoreError};
 use prediction_inbox::verify::Secret;
 use prediction_inbox::waiters::Waiters;
 use reqwest::{Response, StatusCode};
@@ -534,6 +534,14 @@ impl TestApp {
             .await
             .expect("lock the table");
         tx
+    }
+
+    /// The store this instance runs on, opened again for the test: to run retention on it.
+    pub async fn open_store(&self) -> Store {
+        let url = settings(&self.store.url(), &[]).database_url;
+        prediction_inbox::store::open(&url, 2)
+            .await
+            .expect("open the store")
     }
 
     /// Each recorded delivery's `applied` and body, in the order received.
