@@ -12,6 +12,9 @@ const POINTERS: i64 = 20261126000003;
 /// The migration that makes the latest-state rule one total order, output length included.
 const TOTAL_ORDER: i64 = 20261203000001;
 
+/// The first migration that builds an index for retention, CONCURRENTLY.
+const RETENTION_INDEXES: i64 = 20261205000003;
+
 /// A database migrated as far as the migrations before `version`, as a service released before it
 /// would have left it.
 async fn migrated_before(version: i64) -> TestDatabase {
@@ -424,4 +427,65 @@ async fn a_prediction_in_flight_is_updated_without_new_index_entries() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(updates, (2_i64, 2_i64), "(updates, of them heap-only)");
+}
+
+/// The indexes retention and the history need are built while deliveries go on being written: a
+/// transaction that wrote to `deliveries` and stays open holds the build up, and meanwhile another
+/// delivery is recorded (a plain `CREATE INDEX` would queue it behind the build).
+#[tokio::test]
+async fn retentions_indexes_are_built_while_deliveries_are_written() {
+    let db = migrated_before(RETENTION_INDEXES).await;
+    let pool = db.pool().await;
+    let insert = |webhook_id: &'static str| {
+        sqlx::query(
+            "INSERT INTO deliveries (webhook_id, prediction_id, webhook_timestamp, applied, body)
+             VALUES ($1, 'p', 0, false, '{}')",
+        )
+        .bind(webhook_id)
+    };
+    let mut open = pool.begin().await.unwrap();
+    insert("msg_open").execute(&mut *open).await.unwrap();
+
+    let store = store::open(&DatabaseUrl::Postgres(db.url.clone()), 2)
+        .await
+        .unwrap();
+    let migrating = tokio::spawn({
+        let store = store.clone();
+        async move { store.migrate().await }
+    });
+    let building = "SELECT count(*) FROM pg_stat_activity \
+        WHERE datname = current_database() AND query LIKE '%CREATE INDEX%' \
+        AND wait_event_type = 'Lock'";
+    support::eventually_counts(
+        "the build waits for the open transaction",
+        &pool,
+        building,
+        1,
+    )
+    .await;
+    let mut writer = pool.acquire().await.unwrap();
+    sqlx::query("SET statement_timeout = '5s'")
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    insert("msg_during")
+        .execute(&mut *writer)
+        .await
+        .expect("a delivery is written while the index builds");
+    assert!(!migrating.is_finished());
+    open.commit().await.unwrap();
+    migrating.await.unwrap().unwrap();
+    let valid: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid \
+         WHERE i.indisvalid AND c.relname IN ('deliveries_received_brin', 'deliveries_prediction_idx') \
+         ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        valid,
+        ["deliveries_prediction_idx", "deliveries_received_brin"]
+    );
+    store.close().await;
 }

@@ -6,11 +6,12 @@ use serde_json::Value;
 use support::{Backend, spawn_app};
 
 /// Every route of the contract.
-const ROUTES: [(&str, &str); 8] = [
+const ROUTES: [(&str, &str); 9] = [
     ("post", "/webhooks/replicate"),
     ("get", "/v1/predictions"),
     ("get", "/v1/predictions/{id}"),
     ("get", "/v1/predictions/{id}/events"),
+    ("get", "/v1/predictions/{id}/deliveries"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

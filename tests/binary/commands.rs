@@ -181,6 +181,86 @@ async fn with_no_database_url_state_lives_in_a_sqlite_file_under_data() {
     std::fs::remove_dir_all(&folder).unwrap();
 }
 
+/// A life recorded by the service with retention off: three deliveries, the last one terminal.
+async fn a_life_kept_whole(store: &TestStore) {
+    let off = [
+        ("DATABASE_URL", store.url()),
+        ("INBOX_DELIVERY_RETENTION", "0".into()),
+        ("INBOX_INTERMEDIATE_BODY_RETENTION", "0".into()),
+    ];
+    let env: Vec<_> = off.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let service = Service::start_with(&env, &std::env::temp_dir());
+    for status in ["starting", "processing", "succeeded"] {
+        let response = deliver(&service.address, &prediction("p1", status, status)).await;
+        assert_eq!(response.status(), 200);
+    }
+    service.signal("-TERM");
+    assert_eq!(service.exit_code().0, Some(0));
+    assert_eq!(store.count("deliveries").await, 3);
+}
+
+/// `prune --dry-run` counts and removes nothing; `prune` removes and says what.
+async fn prune_says_what_it_would_remove_then_removes_it(backend: Backend) {
+    let store = TestStore::create(backend).await;
+    a_life_kept_whole(&store).await;
+    let later = (time::OffsetDateTime::now_utc() + time::Duration::days(31))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let prune = |dry_run: bool| {
+        let mut command = command(&[("DATABASE_URL", &store.url())]);
+        command.args(["prune", "--now", &later]);
+        if dry_run {
+            command.arg("--dry-run");
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        // Its last line; log lines come before it.
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        stdout.lines().last().unwrap_or_default().to_owned()
+    };
+    assert_eq!(
+        prune(true),
+        "would remove 2 delivery records; would drop 0 bodies of superseded deliveries"
+    );
+    assert_eq!(store.count("deliveries").await, 3);
+    assert_eq!(
+        prune(false),
+        "removed 2 delivery records; dropped 0 bodies of superseded deliveries"
+    );
+    assert_eq!(store.count("deliveries").await, 1);
+}
+
+/// The first run of retention on a database filled before it says what it will remove, then
+/// removes it.
+async fn retentions_first_run_logs_what_it_will_remove_before_removing_it(backend: Backend) {
+    let store = TestStore::create(backend).await;
+    a_life_kept_whole(&store).await;
+    // Recorded 40 days ago, as far as retention can tell.
+    store
+        .execute(match backend {
+            Backend::Postgres => {
+                "UPDATE deliveries SET received_at = received_at - interval '40 days'"
+            }
+            Backend::Sqlite => "UPDATE deliveries SET received_at = received_at - 40 * 86400000000",
+        })
+        .await;
+    let mut service = Service::start(&store.url());
+    let announced: Value =
+        serde_json::from_str(&service.wait_for("retention's first run")).unwrap();
+    assert_eq!(announced["deliveries"], 2, "{announced}");
+    let removed: Value = serde_json::from_str(&service.wait_for("retention removed")).unwrap();
+    assert_eq!(removed["deliveries"], 2, "{removed}");
+    service.signal("-TERM");
+    let (code, log) = service.exit_code();
+    assert_eq!(code, Some(0));
+    let at = |text: &str| log.iter().position(|line| line.contains(text));
+    assert!(
+        at("retention's first run") < at("retention removed"),
+        "{log:#?}"
+    );
+    assert_eq!(store.count("deliveries").await, 1);
+}
+
 async fn nothing_acknowledged_is_lost_across_kill_9_and_sigterm_exits_0(backend: Backend) {
     let store = TestStore::create(backend).await;
     let url = store.url();
@@ -400,7 +480,11 @@ async fn send_test_delivers_a_whole_signed_life_and_reports_each_answer() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("-> 401"));
 }
 
-support::on_each_backend!(nothing_acknowledged_is_lost_across_kill_9_and_sigterm_exits_0);
+support::on_each_backend!(
+    nothing_acknowledged_is_lost_across_kill_9_and_sigterm_exits_0,
+    prune_says_what_it_would_remove_then_removes_it,
+    retentions_first_run_logs_what_it_will_remove_before_removing_it,
+);
 
 /// Every setting the service reads is in the README's table and in the example config file.
 #[test]

@@ -12,7 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
 use super::list::base_url;
-use super::{DEFAULT_LIMIT, MAX_LIMIT, json, not_received, receivable};
+use super::{json, not_received, page_size, receivable};
 use crate::domain::{from_unix_micros, nul_free, unix_micros};
 use crate::http::auth::Authenticated;
 use crate::http::error::{PROBLEM_JSON, Problem};
@@ -99,18 +99,7 @@ pub(super) async fn history(
         Some("body") => true,
         Some(_) => return Err(ApiError::BadRequest("`include` may only be `body`".into())),
     };
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(text) => text
-            .parse()
-            .ok()
-            .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "`limit` must be a whole number from 1 to {MAX_LIMIT}"
-                ))
-            })?,
-    };
+    let limit = page_size(params.limit.as_deref())?;
     let after = params.cursor.as_deref().map(decode).transpose()?;
     let first_page = after.is_none();
     let mut rows = state

@@ -9,7 +9,7 @@ use time::format_description::well_known::Rfc3339;
 use utoipa::IntoParams;
 
 use super::cursor::Cursor;
-use super::{DEFAULT_LIMIT, MAX_LIMIT, PredictionList, json};
+use super::{PredictionList, json, page_size};
 use crate::domain::nul_free;
 use crate::http::auth::Authenticated;
 use crate::http::error::{PROBLEM_JSON, Problem};
@@ -97,18 +97,7 @@ pub(super) async fn list(
             .map(Cursor::decode)
             .transpose()?
             .map(|c| (c.direction, c.position)),
-        limit: match params.limit.as_deref() {
-            None => DEFAULT_LIMIT,
-            Some(text) => text
-                .parse()
-                .ok()
-                .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "`limit` must be a whole number from 1 to {MAX_LIMIT}"
-                    ))
-                })?,
-        },
+        limit: page_size(params.limit.as_deref())?,
     };
     let page = state.store.list(&query).await?;
 

@@ -84,6 +84,21 @@ pub struct PredictionList {
     results: Vec<PredictionObject>,
 }
 
+/// A page size from `limit`: 1 to `MAX_LIMIT`, `DEFAULT_LIMIT` if absent.
+pub(super) fn page_size(limit: Option<&str>) -> Result<u32, ApiError> {
+    let Some(text) = limit else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    text.parse()
+        .ok()
+        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "`limit` must be a whole number from 1 to {MAX_LIMIT}"
+            ))
+        })
+}
+
 /// The id, if a delivery could ever carry it. Any other (empty, over 1024 bytes, with a NUL, which
 /// Postgres text cannot even hold) names no prediction, now or later: 404 at once, without a wait.
 pub(super) fn receivable(id: String) -> Result<String, ApiError> {

@@ -196,6 +196,25 @@ impl TestStore {
             Self::Sqlite { file, .. } => file.url(),
         }
     }
+
+    /// Runs `sql` on the test's own connection to the database.
+    pub async fn execute(&self, sql: &str) {
+        match self {
+            Self::Postgres { pool, .. } => pool.execute(sql).await.map(drop),
+            Self::Sqlite { pool, .. } => pool.execute(sql).await.map(drop),
+        }
+        .unwrap_or_else(|error| panic!("{sql}: {error}"));
+    }
+
+    /// The rows of `table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        let sql = format!("SELECT count(*) FROM {table}");
+        match self {
+            Self::Postgres { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,
+            Self::Sqlite { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,
+        }
+        .expect("count")
+    }
 }
 
 /// A session holding the write lock; see `TestApp::block_writes`.
@@ -497,11 +516,7 @@ impl TestApp {
 
     /// Runs one statement on the service's database, beside the service.
     pub async fn execute(&self, sql: &str) {
-        match &self.store {
-            TestStore::Postgres { pool, .. } => pool.execute(sql).await.map(drop),
-            TestStore::Sqlite { pool, .. } => pool.execute(sql).await.map(drop),
-        }
-        .unwrap_or_else(|error| panic!("{sql}: {error}"));
+        self.store.execute(sql).await;
     }
 
     /// Takes the lock every write of the service needs, from a session of its own, until released;
@@ -634,12 +649,7 @@ impl TestApp {
     }
 
     pub async fn count(&self, table: &str) -> i64 {
-        let sql = format!("SELECT count(*) FROM {table}");
-        match &self.store {
-            TestStore::Postgres { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,
-            TestStore::Sqlite { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,
-        }
-        .expect("count")
+        self.store.count(table).await
     }
 }
 
