@@ -433,16 +433,19 @@ impl Postgres {
                 *window = (*window / 2).max(PRUNE_WINDOW_MIN);
                 (last_at, last_id, true)
             }
-            // The whole window is done. Its place stays behind deliveries that may still be
-            // committing, which a pruner run with a clock ahead of time (`prune --now`) reaches;
-            // and there is nothing to find past now.
+            // The whole window is done. Its place never passes deliveries that may still be
+            // committing (which a pruner run with a clock ahead of time, `prune --now`, reaches):
+            // held there, the walk ends for now, and the next one goes over those again.
             _ => {
                 *window = (*window * 2).min(PRUNE_WINDOW_MAX);
-                (
-                    end.min(now - SETTLING),
-                    String::new(),
-                    end < until && end < now,
-                )
+                let settled = now - SETTLING;
+                if end <= settled {
+                    (end, String::new(), end < until)
+                } else if at < settled {
+                    (settled, String::new(), false)
+                } else {
+                    (at, id.clone(), false)
+                }
             }
         };
         sqlx::query(

@@ -20,7 +20,7 @@ impl BenchDatabase {
     pub async fn create(backend: &str) -> Self {
         let name = format!("inbox_bench_{}", std::process::id());
         if backend == "sqlite" {
-            let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+            let folder = crate::target_tmp().with_file_name("bench");
             std::fs::create_dir_all(&folder).unwrap();
             let path = folder.join(format!("{name}.db"));
             remove_sqlite(&path.display().to_string());
