@@ -373,9 +373,6 @@ impl Storage for Postgres {
 const PRUNE_WINDOW: Duration = Duration::from_secs(60);
 const PRUNE_WINDOW_MIN: Duration = Duration::from_millis(1);
 const PRUNE_WINDOW_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
-/// How long after it arrived a delivery may still be committing (its batch's deadline is far
-/// shorter): retention's place in time never passes now minus this.
-const SETTLING: Duration = Duration::from_secs(300);
 
 impl Postgres {
     /// One slice of `walk`: the deliveries from where it has got to (or `floor`, if later) up to
@@ -389,6 +386,12 @@ impl Postgres {
         // Held throughout: one slice at a time in this process.
         let mut window = self.prune_window.lock().await;
         let mut tx = self.pool.begin().await?;
+        // A range of pages the BRIN index has not summarised matches every window: with a
+        // million deliveries written since the last summary, each slice read them all (600
+        // records removed a second, against 5,000 written). Only what is new is read here.
+        sqlx::query("SELECT brin_summarize_new_values('deliveries_received_brin')")
+            .execute(&mut *tx)
+            .await?;
         let place: Option<(Option<OffsetDateTime>, Option<String>)> = sqlx::query_as(
             "SELECT through_at, through_id FROM background_work WHERE name = $1 FOR UPDATE",
         )
@@ -433,19 +436,13 @@ impl Postgres {
                 *window = (*window / 2).max(PRUNE_WINDOW_MIN);
                 (last_at, last_id, true)
             }
-            // The whole window is done. Its place never passes deliveries that may still be
-            // committing (which a pruner run with a clock ahead of time, `prune --now`, reaches):
-            // held there, the walk ends for now, and the next one goes over those again.
+            // The whole window is done; nothing can be found past now. (A delivery still
+            // committing with a time the walk has passed is found when the walk next starts from
+            // the oldest, `Storage::rewind`; only a clock ahead of time, `prune --now`, passes
+            // such times at all: the shipped retention looks an hour back at least.)
             _ => {
                 *window = (*window * 2).min(PRUNE_WINDOW_MAX);
-                let settled = now - SETTLING;
-                if end <= settled {
-                    (end, String::new(), end < until)
-                } else if at < settled {
-                    (settled, String::new(), false)
-                } else {
-                    (at, id.clone(), false)
-                }
+                (end, String::new(), end < until && end < now)
             }
         };
         sqlx::query(
