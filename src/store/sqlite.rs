@@ -424,9 +424,10 @@ struct WalkRow {
 
 impl Sqlite {
     /// One slice of `walk`, in one transaction through the one writer: the next `PRUNE_SLICE`
-    /// deliveries after its place (`from`: a dry run from there, which writes nothing), up to the
-    /// first that arrived at `until` or later (or, for the records, the newest); in the bodies' walk, skipping those that arrived
-    /// before `floor` (the records' walk removes them). Answers the slice and the rowid it got to.
+    /// deliveries after its place (`from`: a dry run from there, which writes nothing and reads
+    /// beside the writer), up to the first that arrived at `until` or later (or, for the records,
+    /// the newest); in the bodies' walk, skipping those that arrived before `floor` (the records'
+    /// walk removes them). Answers the slice and the rowid it got to.
     async fn walk(
         &self,
         walk: Walk,
@@ -438,7 +439,10 @@ impl Sqlite {
         // Takes the write lock at once: a transaction that read first, and found the file changed
         // by another writer (the service, when `prune` runs beside it) when it came to write,
         // would fail at once instead of waiting its turn.
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = match from {
+            Some(_) => self.readers.begin().await?,
+            None => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+        };
         let after = match from {
             Some(from) => from,
             None => sqlx::query_scalar("SELECT through_rowid FROM background_work WHERE name = $1")

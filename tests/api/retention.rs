@@ -343,6 +343,30 @@ async fn pruning_and_ingest_racing_keep_the_latest_state_rule(backend: Backend) 
     store.close().await;
 }
 
+/// One replica at a time prunes: a lease held is refused to another holder until it runs out,
+/// and a holder renews its own.
+#[tokio::test]
+async fn one_replica_at_a_time_holds_the_pruners_lease() {
+    let app = spawn_app(Backend::Postgres).await;
+    let (one, other) = (app.open_store().await, app.open_store().await);
+    // Not the pruner's own: the app's pruner holds that one.
+    let ttl = Duration::from_secs(2);
+    assert!(one.lease("a test's lease", "one", ttl).await.unwrap());
+    assert!(!other.lease("a test's lease", "other", ttl).await.unwrap());
+    assert!(
+        one.lease("a test's lease", "one", ttl).await.unwrap(),
+        "renewed"
+    );
+    // Once `one` stops renewing, the lease runs out and `other` takes it.
+    support::eventually("the lease runs out", || async {
+        other.lease("a test's lease", "other", ttl).await.unwrap()
+    })
+    .await;
+    assert!(!one.lease("a test's lease", "one", ttl).await.unwrap());
+    one.close().await;
+    other.close().await;
+}
+
 support::on_each_backend!(
     the_history_shows_every_delivery_oldest_first_with_what_became_of_it,
     retention_drops_superseded_bodies_then_old_records_and_keeps_what_states_stand_on,
