@@ -343,6 +343,38 @@ async fn pruning_and_ingest_racing_keep_the_latest_state_rule(backend: Backend) 
     store.close().await;
 }
 
+/// With bodies, a page ends before they pass 16 MiB, after at least one; without, it does not.
+async fn a_page_of_bodies_stays_within_its_byte_limit(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let logs = |n: usize| "a".repeat(n * 1024 * 1024);
+    let big = [
+        Delivery::new(prediction("big", "processing", &logs(9))),
+        Delivery::new(prediction("big", "processing", &logs(10))),
+    ];
+    for delivery in &big {
+        assert_eq!(app.deliver(delivery).await, "applied");
+    }
+    let page: Value = app
+        .get("/v1/predictions/big/deliveries?include=body")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["results"].as_array().unwrap().len(), 1);
+    assert!(page["next"].is_string());
+    let all = history(&app, "big", "?include=body").await;
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1]["webhook_id"], big[1].webhook_id.as_str());
+    assert_eq!(history(&app, "big", "?limit=2").await.len(), 2);
+    let page: Value = app
+        .get("/v1/predictions/big/deliveries")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["results"].as_array().unwrap().len(), 2);
+}
+
 /// One replica at a time prunes: a lease held is refused to another holder until it runs out,
 /// and a holder renews its own.
 #[tokio::test]
@@ -372,4 +404,5 @@ support::on_each_backend!(
     retention_drops_superseded_bodies_then_old_records_and_keeps_what_states_stand_on,
     a_dry_run_counts_what_a_run_removes,
     pruning_and_ingest_racing_keep_the_latest_state_rule,
+    a_page_of_bodies_stays_within_its_byte_limit,
 );
