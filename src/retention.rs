@@ -8,10 +8,11 @@
 //! inside the shortest retention allowed (`Policy::SHORTEST`).
 //!
 //! One replica at a time prunes, under a lease in the database that runs out if its holder hangs
-//! (`Storage::lease`). Each slice is one short transaction of a few hundred rows
-//! (`Storage::prune`), with a pause between slices for the deliveries and reads waiting on the
+//! (`Store::lease`). Each slice is one short transaction of a few hundred rows
+//! (`Store::prune`), with a pause between slices for the deliveries and reads waiting on the
 //! database. The first run on a database logs what it will remove before removing anything.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -84,7 +85,7 @@ pub fn parse_age(text: &str) -> Option<Option<Duration>> {
 /// Everything due at `now`, slice after slice, until nothing is left: what `prune` runs once.
 /// With `dry_run`, counts instead and removes nothing.
 pub async fn prune_all(
-    store: &Store,
+    store: &dyn Store,
     policy: &Policy,
     now: OffsetDateTime,
     dry_run: bool,
@@ -108,15 +109,15 @@ pub async fn prune_all(
 
 /// The pruner: a pass every `EVERY` while this replica holds the lease, each from where the last
 /// one ended; the first after start and one a day from the oldest delivery (see
-/// `Storage::rewind`). Ends at once if the policy keeps everything.
-pub async fn run(store: Store, policy: Policy, holder: String) {
+/// `Store::rewind`). Ends at once if the policy keeps everything.
+pub async fn run(store: Arc<dyn Store>, policy: Policy, holder: String) {
     if policy.keeps_everything() {
         return;
     }
     let mut rewound: Option<tokio::time::Instant> = None;
     loop {
         let rewind = rewound.is_none_or(|at| at.elapsed() >= REWIND_EVERY);
-        match pass(&store, &policy, &holder, rewind).await {
+        match pass(&*store, &policy, &holder, rewind).await {
             Ok(Some(pruned)) => {
                 if rewind {
                     rewound = Some(tokio::time::Instant::now());
@@ -140,7 +141,7 @@ pub async fn run(store: Store, policy: Policy, holder: String) {
 /// One pass, if this replica holds the lease (`None` if another does); from the oldest delivery
 /// if `rewind`.
 async fn pass(
-    store: &Store,
+    store: &dyn Store,
     policy: &Policy,
     holder: &str,
     rewind: bool,

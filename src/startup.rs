@@ -33,7 +33,7 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     router: Router,
-    store: Store,
+    store: Arc<dyn Store>,
     waiters: Waiters,
     supervisor: Supervisor,
     bodies: BodyBudget,
@@ -177,8 +177,8 @@ async fn until_stopped(stop: CancellationToken, work: impl Future<Output = ()>) 
 }
 
 /// Fills in, a slice at a time, what predictions stored by an earlier version lack (see
-/// `Storage::backfill`), then ends.
-async fn backfill(store: Store) {
+/// `Store::backfill`), then ends.
+async fn backfill(store: Arc<dyn Store>) {
     let mut slices = 0u64;
     loop {
         match store.backfill().await {
@@ -240,7 +240,7 @@ pub async fn prune(
 ) -> Result<store::Pruned, StartupError> {
     let store = store::open(database_url, 1).await?;
     store.migrate().await?;
-    let pruned = retention::prune_all(&store, policy, now, dry_run).await;
+    let pruned = retention::prune_all(&*store, policy, now, dry_run).await;
     store.close().await;
     Ok(pruned?)
 }

@@ -226,7 +226,7 @@ impl Drop for Registration {
 }
 
 /// Listens for committed changes for as long as the process runs, reconnecting with backoff.
-pub async fn listen(store: Store, changes: Waiters) {
+pub async fn listen(store: Arc<dyn Store>, changes: Waiters) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match store.change_feed().await {

@@ -9,7 +9,7 @@
 //!
 //! That is the lexicographic order of the fields of [`Progress`], so a delivery replaces the stored
 //! state exactly when its `Progress` is greater, and the stored state never depends on the order
-//! in which deliveries arrive: any order folds to the greatest. Storage keeps the key beside each
+//! in which deliveries arrive: any order folds to the greatest. Store keeps the key beside each
 //! prediction and compares keys; it never needs to know the rule itself.
 
 use super::{Prediction, Status, WebhookId};

@@ -60,7 +60,7 @@ pub struct Settings {
 pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
-    store: Store,
+    store: Arc<dyn Store>,
     /// Group commit for deliveries (see `ingest::Writer`).
     writer: Writer,
     waiters: Waiters,
@@ -78,7 +78,7 @@ pub struct Shared {
 
 /// The parts the HTTP edge works with.
 pub struct Parts {
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     pub writer: Writer,
     pub waiters: Waiters,
     pub verifier: Verifier,

@@ -75,14 +75,14 @@ struct Pending {
 /// The writer's work, run by the supervisor; a restarted run takes up the same queue.
 #[derive(Clone)]
 pub struct BatchWriter {
-    store: Store,
+    store: Arc<dyn Store>,
     queue: Arc<Mutex<mpsc::Receiver<Pending>>>,
     faults: Option<Arc<dyn Faults>>,
 }
 
 impl Writer {
     /// The handlers' end of the queue, and the writer that empties it.
-    pub fn new(store: Store, faults: Option<Arc<dyn Faults>>) -> (Self, BatchWriter) {
+    pub fn new(store: Arc<dyn Store>, faults: Option<Arc<dyn Faults>>) -> (Self, BatchWriter) {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let writer = BatchWriter {
             store,

@@ -1,4 +1,4 @@
-//! Where deliveries and latest states live: one small interface, [`Storage`], and two backends
+//! Where deliveries and latest states live: one small interface, [`Store`], and two backends
 //! behind it, each with its own SQL and migrations.
 //!
 //! - [`postgres`]: production, and any number of replicas over one database; committed changes are
@@ -29,14 +29,11 @@ use tokio::time::Instant;
 
 use crate::domain::{Prediction, Progress, Status, WebhookId, holdable};
 
-/// The store the service runs on, shared by every request.
-pub type Store = Arc<dyn Storage>;
-
 /// What the service needs of a database. Every method that touches data is one transaction or
 /// one consistent read. Its futures are boxed, which parked waiters rely on: a future is as large
 /// as its largest await point, and a waiter should not carry a query's state while it waits.
 #[async_trait::async_trait]
-pub trait Storage: Send + Sync + 'static {
+pub trait Store: Send + Sync + 'static {
     /// Which backend, and where its data is, for the start-up log: never a password.
     fn describe(&self) -> String;
 
@@ -62,7 +59,7 @@ pub trait Storage: Send + Sync + 'static {
     /// `Ignored`. The stored state ends the same whatever the order.
     ///
     /// Once it returns, each delivery may be acknowledged; each change is announced to
-    /// [`Storage::changes`] once committed. On error, nothing of the batch was written. At
+    /// [`Store::change_feed`] once committed. On error, nothing of the batch was written. At
     /// `deadline` the caller gives up on the batch and answers each delivery 503, so nothing of it
     /// may commit later than that.
     async fn record(
@@ -164,7 +161,7 @@ impl Change {
 
 /// Opens the store a URL names, without migrating: one connection up front, so a wrong URL fails
 /// at start-up.
-pub async fn open(url: &DatabaseUrl, pool_size: u32) -> Result<Store, StoreError> {
+pub async fn open(url: &DatabaseUrl, pool_size: u32) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match url {
         DatabaseUrl::Postgres(url) => Arc::new(postgres::Postgres::connect(url, pool_size).await?),
         DatabaseUrl::Sqlite(url) => Arc::new(sqlite::Sqlite::open(url, pool_size).await?),

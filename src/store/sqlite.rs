@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::domain::{Prediction, Status, from_unix_micros, unix_micros};
 use crate::store::{
     self, ACQUIRE_TIMEOUT, Change, ChangeFeed, Cutoffs, HistoryQuery, ListQuery, NewDelivery,
-    Outcome, Page, Pruned, Slice, Storage, StoreError, StoredDelivery, StoredPrediction, Walk,
+    Outcome, Page, Pruned, Slice, Store, StoreError, StoredDelivery, StoredPrediction, Walk,
     keyset::{self, StatusIndex},
 };
 
@@ -79,7 +79,7 @@ impl Sqlite {
 }
 
 #[async_trait::async_trait]
-impl Storage for Sqlite {
+impl Store for Sqlite {
     fn describe(&self) -> String {
         format!("sqlite at {}", self.path)
     }

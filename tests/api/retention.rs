@@ -45,7 +45,7 @@ async fn history(app: &TestApp, id: &str, query: &str) -> Vec<Value> {
 /// Runs retention to the end as if it were `later` from now.
 async fn prune_as_if(app: &TestApp, later: Duration) -> Pruned {
     let store = app.open_store().await;
-    let pruned = retention::prune_all(&store, &POLICY, OffsetDateTime::now_utc() + later, false)
+    let pruned = retention::prune_all(&*store, &POLICY, OffsetDateTime::now_utc() + later, false)
         .await
         .expect("prune");
     store.close().await;
@@ -245,7 +245,7 @@ async fn a_dry_run_counts_what_a_run_removes(backend: Backend) {
     assert_eq!(app.deliver(&other).await, "applied");
     let store = app.open_store().await;
     let later = OffsetDateTime::now_utc() + 25 * HOUR;
-    let counted = retention::prune_all(&store, &POLICY, later, true)
+    let counted = retention::prune_all(&*store, &POLICY, later, true)
         .await
         .unwrap();
     assert_eq!(
@@ -256,19 +256,19 @@ async fn a_dry_run_counts_what_a_run_removes(backend: Backend) {
         }
     );
     assert_eq!(
-        retention::prune_all(&store, &POLICY, later, true)
+        retention::prune_all(&*store, &POLICY, later, true)
             .await
             .unwrap(),
         counted
     );
     assert_eq!(
-        retention::prune_all(&store, &POLICY, later, false)
+        retention::prune_all(&*store, &POLICY, later, false)
             .await
             .unwrap(),
         counted
     );
     let later = OffsetDateTime::now_utc() + 31 * DAY;
-    let counted = retention::prune_all(&store, &POLICY, later, true)
+    let counted = retention::prune_all(&*store, &POLICY, later, true)
         .await
         .unwrap();
     assert_eq!(
@@ -279,7 +279,7 @@ async fn a_dry_run_counts_what_a_run_removes(backend: Backend) {
         }
     );
     assert_eq!(
-        retention::prune_all(&store, &POLICY, later, false)
+        retention::prune_all(&*store, &POLICY, later, false)
             .await
             .unwrap(),
         counted
@@ -295,7 +295,7 @@ async fn pruning_and_ingest_racing_keep_the_latest_state_rule(backend: Backend) 
     let far = OffsetDateTime::now_utc() + 365 * DAY;
     let pruning = async {
         for _ in 0..40 {
-            retention::prune_all(&store, &POLICY, far, false)
+            retention::prune_all(&*store, &POLICY, far, false)
                 .await
                 .unwrap();
             tokio::task::yield_now().await;
@@ -329,7 +329,7 @@ async fn pruning_and_ingest_racing_keep_the_latest_state_rule(backend: Backend) 
     // stays anyway.
     let last = Delivery::new(prediction("last", "starting", ""));
     assert_eq!(app.deliver(&last).await, "applied");
-    retention::prune_all(&store, &POLICY, far, false)
+    retention::prune_all(&*store, &POLICY, far, false)
         .await
         .unwrap();
     for round in 0..10 {

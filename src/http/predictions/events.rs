@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -63,7 +64,7 @@ pub(super) async fn events(
 
 /// One event stream's progress. Dropping it (the client went away) drops the registration.
 struct Watch {
-    store: Store,
+    store: Arc<dyn Store>,
     id: String,
     registration: Registration,
     /// A digest of the last state sent, to send each state once: not the state itself, which a

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::domain::Status;
 use crate::store::{
     self, ACQUIRE_TIMEOUT, ChangeFeed, Cutoffs, HistoryQuery, ListQuery, NewDelivery, Outcome,
-    Page, Pruned, Slice, Storage, StoreError, StoredDelivery, StoredPrediction, Walk,
+    Page, Pruned, Slice, Store, StoreError, StoredDelivery, StoredPrediction, Walk,
     keyset::{self, StatusIndex},
 };
 use plan::Plan;
@@ -114,7 +114,7 @@ impl Postgres {
 }
 
 #[async_trait::async_trait]
-impl Storage for Postgres {
+impl Store for Postgres {
     fn describe(&self) -> String {
         let options = self.pool.connect_options();
         format!(
@@ -438,7 +438,7 @@ impl Postgres {
             }
             // The whole window is done; nothing can be found past now. (A delivery still
             // committing with a time the walk has passed is found when the walk next starts from
-            // the oldest, `Storage::rewind`; only a clock ahead of time, `prune --now`, passes
+            // the oldest, `Store::rewind`; only a clock ahead of time, `prune --now`, passes
             // such times at all: the shipped retention looks an hour back at least.)
             _ => {
                 *window = (*window * 2).min(PRUNE_WINDOW_MAX);

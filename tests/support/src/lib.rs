@@ -552,7 +552,7 @@ impl TestApp {
     }
 
     /// The store this instance runs on, opened again for the test: to run retention on it.
-    pub async fn open_store(&self) -> Store {
+    pub async fn open_store(&self) -> Arc<dyn Store> {
         let url = settings(&self.store.url(), &[]).database_url;
         prediction_inbox::store::open(&url, 2)
             .await
