@@ -30,9 +30,8 @@ const EVERY: Duration = Duration::from_secs(600);
 const REWIND_EVERY: Duration = Duration::from_secs(86_400);
 /// The shortest pause between two slices of a pass.
 const BETWEEN_SLICES: Duration = Duration::from_millis(10);
-/// Time idle for each unit of time a slice took. With a slice every 10 ms, deleting a million
-/// records took 42 s under 5,000 deliveries a second and raised their p99 from 9 ms to 111 ms
-/// (docs/benchmarks.md); the pass may as well take minutes.
+/// Time idle for each unit of time a slice took: the pruner works at most a fifth of the time, as
+/// a pass may well take minutes (docs/benchmarks.md, "Space and retention").
 const IDLE_PER_BUSY: u32 = 4;
 
 /// How long things are kept (`None`: for ever, or as long as their record).
@@ -49,9 +48,12 @@ impl Policy {
     /// delivery, so a redelivery always finds its record.
     pub const SHORTEST: Duration = Duration::from_secs(3600);
 
-    /// What is due at `now`.
+    /// What is due at `now`. An age reaching back before the calendar begins keeps everything.
     pub fn cutoffs(&self, now: OffsetDateTime) -> Cutoffs {
-        let before = |age: Option<Duration>| age.map(|age| now - age);
+        let before = |age: Option<Duration>| {
+            let age = time::Duration::try_from(age?).ok()?;
+            now.checked_sub(age)
+        };
         Cutoffs {
             deliveries: before(self.deliveries),
             bodies: before(self.bodies),
@@ -209,6 +211,17 @@ fn record(pruned: Pruned) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_age_beyond_the_calendar_keeps_everything() {
+        let ages = parse_age("9999999999d").unwrap();
+        let policy = Policy {
+            deliveries: ages,
+            bodies: ages,
+        };
+        let cutoffs = policy.cutoffs(OffsetDateTime::now_utc());
+        assert_eq!((cutoffs.deliveries, cutoffs.bodies), (None, None));
+    }
 
     #[test]
     fn ages_read_as_documented() {

@@ -386,9 +386,9 @@ impl Postgres {
         // Held throughout: one slice at a time in this process.
         let mut window = self.prune_window.lock().await;
         let mut tx = self.pool.begin().await?;
-        // A range of pages the BRIN index has not summarised matches every window: with a
-        // million deliveries written since the last summary, each slice read them all (600
-        // records removed a second, against 5,000 written). Only what is new is read here.
+        // A range of pages the BRIN index has not summarised matches every window, so each
+        // slice would read everything written since the last summary. Only what is new is read
+        // here.
         sqlx::query("SELECT brin_summarize_new_values('deliveries_received_brin')")
             .execute(&mut *tx)
             .await?;
