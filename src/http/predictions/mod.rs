@@ -1,6 +1,6 @@
 //! `GET /v1/predictions/{id}` (with `Prefer: wait`), `GET /v1/predictions/{id}/events`,
-//! `GET /v1/predictions/{id}/deliveries` and `GET /v1/predictions`, shaped like Replicate's own so its official clients read from this service
-//! with only their base URL changed.
+//! `GET /v1/predictions/{id}/deliveries` and `GET /v1/predictions`, shaped like Replicate's own so
+//! its official clients read from this service with only their base URL changed.
 //!
 //! One file a concern: `get.rs` (one prediction, `Prefer: wait`), `events.rs` (the event stream),
 //! `list.rs` (the list and its links), `cursor.rs` (the list cursor's text form),
