@@ -190,6 +190,7 @@ async fn load(
         .pool_max_idle_per_host(256)
         .build()
         .unwrap();
+    let url = format!("{address}/webhooks/replicate");
     let interval = Duration::from_nanos(1_000_000_000 / rate);
     let started = Instant::now();
     let mut sent = Vec::new();
@@ -211,19 +212,10 @@ async fn load(
                     .collect();
             }
             let body = life.pop().unwrap_or_default();
-            let webhook_id = sample::message_id_at(OffsetDateTime::now_utc().unix_timestamp());
-            let timestamp = OffsetDateTime::now_utc().unix_timestamp();
-            let request = client
-                .post(format!("{address}/webhooks/replicate"))
-                .header("webhook-id", &webhook_id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header(
-                    "webhook-signature",
-                    secret.sign(&webhook_id, timestamp, body.as_bytes()),
-                )
-                .body(body);
+            let (client, secret, url) = (client.clone(), secret.clone(), url.clone());
             sent.push(tokio::spawn(async move {
-                let ok = matches!(request.send().await, Ok(r) if r.status() == 200);
+                let answer = sample::send(&client, &url, &secret, body).await;
+                let ok = matches!(answer, Ok(answer) if answer.status == 200);
                 (scheduled.elapsed(), ok)
             }));
         }

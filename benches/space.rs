@@ -151,26 +151,14 @@ fn life(id: &str, seed: u64) -> Vec<String> {
 async fn replay(address: &str, prefix: &str, lives: usize) {
     let secret: Secret = SECRET.parse().unwrap();
     let client = reqwest::Client::new();
+    let url = format!("{address}/webhooks/replicate");
     let sends = (0..lives).map(|n| {
-        let (client, secret) = (client.clone(), secret.clone());
+        let (client, secret, url) = (client.clone(), secret.clone(), url.clone());
         let id = format!("{prefix}{n:05}");
         async move {
-            for (step, body) in life(&id, n as u64).into_iter().enumerate() {
-                let webhook_id = format!("msg_{id}_{step}");
-                let timestamp = OffsetDateTime::now_utc().unix_timestamp();
-                let response = client
-                    .post(format!("{address}/webhooks/replicate"))
-                    .header("webhook-id", &webhook_id)
-                    .header("webhook-timestamp", timestamp.to_string())
-                    .header(
-                        "webhook-signature",
-                        secret.sign(&webhook_id, timestamp, body.as_bytes()),
-                    )
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 200);
+            for body in life(&id, n as u64) {
+                let answer = sample::send(&client, &url, &secret, body).await.unwrap();
+                assert_eq!(answer.status, 200, "{}", answer.body);
             }
         }
     });
