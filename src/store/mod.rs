@@ -106,7 +106,30 @@ pub trait Store: Send + Sync + 'static {
     /// latest state stands on. It goes through deliveries in the order they arrived, keeping its
     /// place in the database, so each slice starts where the last one ended. `more` is false
     /// once it has reached both cutoffs.
-    async fn prune(&self, cutoffs: &Cutoffs) -> Result<Slice, StoreError>;
+    async fn prune(&self, cutoffs: &Cutoffs) -> Result<Slice, StoreError> {
+        // Records first: a body is not worth dropping from a record about to go.
+        let mut slice = Slice::default();
+        if let Some(until) = cutoffs.deliveries {
+            slice = self.prune_walk(Walk::Deliveries, until, None).await?;
+        }
+        if let (false, Some(until)) = (slice.more, cutoffs.bodies) {
+            let bodies = self
+                .prune_walk(Walk::Bodies, until, cutoffs.deliveries)
+                .await?;
+            slice.pruned += bodies.pruned;
+            slice.more = bodies.more;
+        }
+        Ok(slice)
+    }
+
+    /// One slice of one of retention's walks, from where it has got to up to `until`, one short
+    /// transaction; the bodies' walk leaves what arrived before `floor` to the records' walk.
+    async fn prune_walk(
+        &self,
+        walk: Walk,
+        until: OffsetDateTime,
+        floor: Option<OffsetDateTime>,
+    ) -> Result<Slice, StoreError>;
 
     /// What `prune` would remove, counted without removing anything: from the first delivery,
     /// not from where the pruner has got to.
@@ -366,7 +389,7 @@ const PRUNE_SLICE: i64 = 500;
 /// Retention's two walks through the deliveries, in the order they arrived, each keeping its
 /// place in the table `background_work` under its name.
 #[derive(Debug, Clone, Copy)]
-enum Walk {
+pub enum Walk {
     /// Removes records.
     Deliveries,
     /// Drops bodies.

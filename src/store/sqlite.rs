@@ -259,20 +259,13 @@ impl Store for Sqlite {
         Ok(true)
     }
 
-    async fn prune(&self, cutoffs: &Cutoffs) -> Result<Slice, StoreError> {
-        // Records first: a body is not worth dropping from a record about to go.
-        let mut slice = Slice::default();
-        if let Some(until) = cutoffs.deliveries {
-            slice = self.walk(Walk::Deliveries, until, None, None).await?.0;
-        }
-        if let (false, Some(until)) = (slice.more, cutoffs.bodies) {
-            let (bodies, _) = self
-                .walk(Walk::Bodies, until, cutoffs.deliveries, None)
-                .await?;
-            slice.pruned += bodies.pruned;
-            slice.more = bodies.more;
-        }
-        Ok(slice)
+    async fn prune_walk(
+        &self,
+        walk: Walk,
+        until: OffsetDateTime,
+        floor: Option<OffsetDateTime>,
+    ) -> Result<Slice, StoreError> {
+        Ok(self.walk(walk, until, floor, None).await?.0)
     }
 
     async fn prunable(&self, cutoffs: &Cutoffs) -> Result<Pruned, StoreError> {

@@ -306,18 +306,13 @@ impl Store for Postgres {
         Ok(held.is_some())
     }
 
-    async fn prune(&self, cutoffs: &Cutoffs) -> Result<Slice, StoreError> {
-        // Records first: a body is not worth dropping from a record about to go.
-        let mut slice = Slice::default();
-        if let Some(cutoff) = cutoffs.deliveries {
-            slice = self.walk(Walk::Deliveries, cutoff, None).await?;
-        }
-        if let (false, Some(cutoff)) = (slice.more, cutoffs.bodies) {
-            let bodies = self.walk(Walk::Bodies, cutoff, cutoffs.deliveries).await?;
-            slice.pruned += bodies.pruned;
-            slice.more = bodies.more;
-        }
-        Ok(slice)
+    async fn prune_walk(
+        &self,
+        walk: Walk,
+        until: OffsetDateTime,
+        floor: Option<OffsetDateTime>,
+    ) -> Result<Slice, StoreError> {
+        self.walk(walk, until, floor).await
     }
 
     async fn prunable(&self, cutoffs: &Cutoffs) -> Result<Pruned, StoreError> {
