@@ -68,7 +68,8 @@ enum Command {
 
 /// What a command that needs the settings needs of them.
 enum Run {
-    Serve(Settings),
+    /// Boxed: the settings are many times the size of the other commands' needs.
+    Serve(Box<Settings>),
     Migrate(DatabaseUrl, LogFormat),
     Prune {
         database_url: DatabaseUrl,
@@ -115,7 +116,9 @@ fn main() -> ExitCode {
         None => (PathBuf::from(config::DEFAULT_CONFIG_FILE), false),
     };
     let run = Source::load(&file, required).and_then(|source| match command {
-        Command::Serve => Settings::from_source(&source).map(Run::Serve),
+        Command::Serve => {
+            Settings::from_source(&source).map(|settings| Run::Serve(Box::new(settings)))
+        }
         Command::Prune { dry_run, now } => Ok(Run::Prune {
             database_url: source.database_url()?,
             policy: source.retention()?,
@@ -148,7 +151,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match run {
             Run::Serve(settings) => {
-                let application = Application::build(settings).await?;
+                let application = Application::build(*settings).await?;
                 application.run_until(startup::shutdown_signal()).await;
                 Ok(())
             }

@@ -25,6 +25,9 @@ pub const WORKER_RESTARTS: &str = "inbox_worker_restarts_total";
 pub const CONNECTIONS_REFUSED: &str = "inbox_connections_refused_total";
 pub const BODY_BUDGET: &str = "inbox_body_budget_available_bytes";
 pub const PRUNED: &str = "inbox_pruned_total";
+pub const UPSTREAM_REQUESTS: &str = "inbox_upstream_requests_total";
+pub const UPSTREAM_DURATION: &str = "inbox_upstream_duration_seconds";
+pub const CREATES: &str = "inbox_creates_total";
 
 /// Seconds; from well under a millisecond (an ingest) to a full `Prefer: wait`.
 const BUCKETS: &[f64] = &[
@@ -113,6 +116,19 @@ fn describe() {
     describe_counter!(
         PRUNED,
         "What retention removed: delivery records (deliveries) and bodies dropped from records kept (bodies)"
+    );
+    describe_counter!(
+        UPSTREAM_REQUESTS,
+        "Calls to the platform's API, by operation (create, cancel, get, version, file) and outcome (ok, client_error, rate_limited, server_error, token_refused, timeout, unreachable, too_large)"
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        metrics::Unit::Seconds,
+        "Time the platform's API took to answer, by operation"
+    );
+    describe_counter!(
+        CREATES,
+        "Creates through the gateway, by outcome (created, refused: by the inbox before any call, upstream_error: the platform answered an error or none, unrecorded: created but its first state not yet recorded)"
     );
     describe_histogram!(
         BATCH_SIZE,
@@ -267,6 +283,17 @@ pub fn connection_refused() {
 pub fn body_budget((shared, reserve): (usize, usize)) {
     gauge!(BODY_BUDGET, "part" => "shared").set(shared as f64);
     gauge!(BODY_BUDGET, "part" => "reserve").set(reserve as f64);
+}
+
+/// One call to the platform's API.
+pub fn upstream(operation: &'static str, outcome: &'static str, elapsed: Duration) {
+    counter!(UPSTREAM_REQUESTS, "operation" => operation, "outcome" => outcome).increment(1);
+    histogram!(UPSTREAM_DURATION, "operation" => operation).record(elapsed.as_secs_f64());
+}
+
+/// One create through the gateway.
+pub fn create(outcome: &'static str) {
+    counter!(CREATES, "outcome" => outcome).increment(1);
 }
 
 pub fn predictions(status: &'static str, count: i64) {

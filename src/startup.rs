@@ -10,8 +10,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::http::{self, BodyBudget};
+use crate::http::{self, BodyBudget, Gateway};
 use crate::ingest::{Faults, Writer};
+use crate::replicate::Platform;
 use crate::retention;
 use crate::store::{self, DatabaseUrl, Store, StoreError};
 use crate::supervisor::{Role, Supervisor};
@@ -22,6 +23,8 @@ use crate::waiters::{self, Waiters};
 pub enum StartupError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the platform's API cannot be used: {0}")]
+    Platform(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -106,6 +109,18 @@ impl Application {
             stream_max: settings.stream_max,
         };
         let bodies = BodyBudget::new(settings.max_inflight_body_bytes);
+        let gateway = match &settings.gateway {
+            Some(platform) => {
+                let platform = Platform::new(platform).map_err(StartupError::Platform)?;
+                tracing::info!(
+                    api = %platform.url(&[]),
+                    webhook = platform.webhook_url(),
+                    "creating through the inbox is on"
+                );
+                Some(Gateway::new(platform, settings.allowed_models.clone()))
+            }
+            None => None,
+        };
         let router = http::router(
             http::Parts {
                 store: store.clone(),
@@ -114,6 +129,7 @@ impl Application {
                 verifier: Verifier::new(settings.webhook_secrets, settings.webhook_tolerance_secs),
                 health: supervisor.health(),
                 bodies: bodies.clone(),
+                gateway,
             },
             http.clone(),
         );

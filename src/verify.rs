@@ -472,6 +472,33 @@ mod tests {
         );
     }
 
+    /// The contract: the ids of deliveries the service makes itself never collide with a
+    /// platform's `webhook-id`, even one signed with the right secret.
+    #[test]
+    fn an_id_the_service_makes_can_never_arrive_as_a_webhook_id() {
+        use crate::domain::Prediction;
+        use crate::store::{NewDelivery, Source};
+        let v = &vectors()[0];
+        let verifier = verifier(&v.secret);
+        let now: i64 = v.webhook_timestamp.parse().unwrap();
+        for source in [Source::Create, Source::Cancel, Source::Reconcile] {
+            let prediction = Prediction::parse(r#"{"id":"p"}"#).unwrap();
+            let own = NewDelivery::own(source, prediction, String::new());
+            let id = own.webhook_id().as_str();
+            let signature = verifier.secrets[0].sign(id, now, v.body.as_bytes());
+            let mut h = headers("placeholder", &v.webhook_timestamp, &signature);
+            h.insert(
+                "webhook-id",
+                HeaderValue::from_bytes(id.as_bytes()).unwrap(),
+            );
+            assert_eq!(
+                verifier.verify(&h, v.body.as_bytes(), now),
+                Err(Rejection::MalformedHeader("webhook-id")),
+                "{id}"
+            );
+        }
+    }
+
     #[test]
     fn secrets_parse_strictly_and_never_print() {
         assert_eq!(

@@ -14,7 +14,7 @@ SELECT bench_record(
     array_agg(body), array_agg(true), array_agg(true), array_agg(status),
     array_agg('replicate/hello-world'::text), array_agg('5c7d5dc6'::text), array_agg(at),
     array_agg((:k % 3)::int2), array_agg(0::int8), array_agg(0::int8),
-    'prediction_inbox_state', interval '10 seconds')
+    'prediction_inbox_state', interval '10 seconds', array_agg('webhook'::text))
 FROM (
     SELECT format('b%s_%s_%s_%s', :run, :client_id, :k, i) AS webhook_id,
            p.id AS prediction_id,

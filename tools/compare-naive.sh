@@ -44,7 +44,8 @@ fresh_alone_db() {
     DATABASE_URL="$alone_url" target/release/prediction-inbox migrate >/dev/null
     psql -q -v ON_ERROR_STOP=1 "$alone_url" <<SQL
 CREATE FUNCTION bench_record(text[], text[], int8[], timestamptz[], text[], bool[], bool[], text[],
-                             text[], text[], timestamptz[], int2[], int8[], int8[], text, interval)
+                             text[], text[], timestamptz[], int2[], int8[], int8[], text, interval,
+                             text[])
 RETURNS SETOF text[] LANGUAGE plpgsql AS \$bench\$
 BEGIN
     RETURN QUERY $record;

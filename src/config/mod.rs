@@ -10,7 +10,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::http::ApiTokens;
+use crate::http::{AllowedModels, ApiTokens};
+use crate::replicate::{self, AccountToken};
 use crate::retention::{self, Policy};
 use crate::store::DatabaseUrl;
 use crate::telemetry::LogFormat;
@@ -153,9 +154,79 @@ impl Source {
         Ok(age)
     }
 
+    /// Bearer tokens under `key`, each long enough not to be guessed.
+    fn tokens(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+        let tokens = self.list(key, "one or more bearer tokens, comma separated")?;
+        if let Some(i) = tokens
+            .iter()
+            .position(|t| t.chars().count() < MIN_TOKEN_CHARS)
+        {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "entry {} is shorter than {MIN_TOKEN_CHARS} characters",
+                    i + 1
+                ),
+            ));
+        }
+        Ok(tokens)
+    }
+
+    /// `REPLICATE_API_TOKEN`, `INBOX_REPLICATE_API_URL` and `INBOX_WEBHOOK_URL`: the gateway, or
+    /// `None` without a token. A call to the platform is bounded like a request (`timeout`).
+    fn gateway(&self, timeout: Duration) -> Result<Option<replicate::Settings>, ConfigError> {
+        let Some(token) = self.get("REPLICATE_API_TOKEN") else {
+            return Ok(None);
+        };
+        let token = token.trim().to_owned();
+        if token.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                "REPLICATE_API_TOKEN",
+                "must be printable ASCII without spaces",
+            ));
+        }
+        let api_key = "INBOX_REPLICATE_API_URL";
+        let api_url = self
+            .get(api_key)
+            .unwrap_or_else(|| DEFAULT_REPLICATE_API_URL.to_owned());
+        let api_url = api_url.trim().trim_end_matches('/').to_owned();
+        http_url(api_key, &api_url)?;
+        let webhook_key = "INBOX_WEBHOOK_URL";
+        let webhook_url = self.required(
+            webhook_key,
+            "the public URL the platform calls back, such as \
+             https://inbox.example.com/webhooks/replicate, when REPLICATE_API_TOKEN is set",
+        )?;
+        http_url(webhook_key, webhook_url.trim())?;
+        let settings = replicate::Settings {
+            api_url,
+            token: AccountToken::new(token),
+            webhook_url: webhook_url.trim().to_owned(),
+            timeout,
+        };
+        replicate::Platform::new(&settings).map_err(|reason| ConfigError::new(api_key, reason))?;
+        Ok(Some(settings))
+    }
+
     pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
         self.parsed("INBOX_LOG_FORMAT", LogFormat::Text, "`text` or `json`")
     }
+}
+
+/// The platform's API, unless `INBOX_REPLICATE_API_URL` says otherwise.
+pub const DEFAULT_REPLICATE_API_URL: &str = "https://api.replicate.com";
+
+/// Refuses anything but an absolute `http://` or `https://` URL.
+fn http_url(key: &str, text: &str) -> Result<(), ConfigError> {
+    let parsed = reqwest::Url::parse(text)
+        .map_err(|_| ConfigError::new(key, "must be an absolute http:// or https:// URL"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(ConfigError::new(
+            key,
+            "must be an absolute http:// or https:// URL",
+        ));
+    }
+    Ok(())
 }
 
 /// Where state lives when `DATABASE_URL` is not set: a file in `./data`, created on first start.
@@ -181,6 +252,9 @@ pub struct Settings {
     pub trust_forwarded: bool,
     pub log_format: LogFormat,
     pub retention: Policy,
+    /// The platform's API, when `REPLICATE_API_TOKEN` is set.
+    pub gateway: Option<replicate::Settings>,
+    pub allowed_models: Option<AllowedModels>,
 }
 
 /// The shortest bearer token accepted: anything shorter is guessable.
@@ -202,20 +276,11 @@ impl Settings {
                     .map_err(|e| ConfigError::new(secrets_key, format!("entry {} {e}", i + 1)))
             })
             .collect::<Result<_, _>>()?;
-        let tokens_key = "INBOX_API_TOKENS";
-        let tokens = source.list(tokens_key, "one or more bearer tokens, comma separated")?;
-        if let Some(i) = tokens
-            .iter()
-            .position(|t| t.chars().count() < MIN_TOKEN_CHARS)
-        {
-            return Err(ConfigError::new(
-                tokens_key,
-                format!(
-                    "entry {} is shorter than {MIN_TOKEN_CHARS} characters",
-                    i + 1
-                ),
-            ));
-        }
+        let tokens = source.tokens("INBOX_API_TOKENS")?;
+        let create_tokens = match source.get("INBOX_CREATE_TOKENS") {
+            Some(_) => source.tokens("INBOX_CREATE_TOKENS")?,
+            None => Vec::new(),
+        };
         let max_body_bytes = source.positive(
             "INBOX_MAX_BODY_BYTES",
             16 * 1024 * 1024,
@@ -236,14 +301,11 @@ impl Settings {
                 "must be at least INBOX_MAX_BODY_BYTES, or the largest delivery could never be read",
             ));
         }
+        let request_timeout =
+            Duration::from_secs(source.positive("INBOX_REQUEST_TIMEOUT_SECS", 30, "seconds")?);
         let public_url = source.get("INBOX_PUBLIC_URL");
         if let Some(url) = &public_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError::new(
-                    "INBOX_PUBLIC_URL",
-                    "must start with http:// or https://",
-                ));
-            }
+            http_url("INBOX_PUBLIC_URL", url)?;
         }
         Ok(Self {
             database_url: source.database_url()?,
@@ -258,7 +320,18 @@ impl Settings {
                 300,
                 "seconds",
             )?,
-            api_tokens: ApiTokens::new(tokens.iter().map(String::as_str)),
+            api_tokens: ApiTokens::new(
+                tokens.iter().map(String::as_str),
+                create_tokens.iter().map(String::as_str),
+            ),
+            gateway: source.gateway(request_timeout)?,
+            allowed_models: source
+                .get("INBOX_ALLOWED_MODELS")
+                .map(|text| {
+                    AllowedModels::parse(&text)
+                        .map_err(|reason| ConfigError::new("INBOX_ALLOWED_MODELS", reason))
+                })
+                .transpose()?,
             listen: source.parsed(
                 "INBOX_LISTEN",
                 SocketAddr::from(([0, 0, 0, 0], 8080)),
@@ -271,11 +344,7 @@ impl Settings {
                 4096,
                 "a number of connections",
             )?,
-            request_timeout: Duration::from_secs(source.positive(
-                "INBOX_REQUEST_TIMEOUT_SECS",
-                30,
-                "seconds",
-            )?),
+            request_timeout,
             max_waiters: source.positive(
                 "INBOX_MAX_WAITERS",
                 10_000,
@@ -391,11 +460,54 @@ mod tests {
                 "whsec_dGhpcyBpcyBub3QgdGhlIHNlY3JldA==",
             ),
             ("INBOX_API_TOKENS", "token-one-0123456,notasecret"),
+            ("INBOX_CREATE_TOKENS", "notasecret"),
+            ("INBOX_ALLOWED_MODELS", "owner"),
+            ("INBOX_ALLOWED_MODELS", "owner/name/extra"),
         ] {
             let error = error_with(&[(key, value)]);
             assert_eq!(error.key, key, "{value}");
             assert!(!error.to_string().contains("notasecret"));
         }
+    }
+
+    #[test]
+    fn the_gateway_needs_its_webhook_url_and_never_shows_its_token() {
+        let with = |pairs: &[(&str, &str)]| {
+            let mut all = VALID.to_vec();
+            all.extend_from_slice(pairs);
+            Settings::from_source(&source(&all))
+        };
+        assert!(with(&[]).unwrap().gateway.is_none());
+        let missing = with(&[("REPLICATE_API_TOKEN", "r8_notasecret")]).unwrap_err();
+        assert_eq!(missing.key, "INBOX_WEBHOOK_URL");
+        for (key, value) in [
+            ("INBOX_WEBHOOK_URL", "inbox.example.com/webhooks"),
+            ("INBOX_REPLICATE_API_URL", "ftp://api.example"),
+        ] {
+            let mut pairs = vec![
+                ("REPLICATE_API_TOKEN", "r8_notasecret"),
+                (
+                    "INBOX_WEBHOOK_URL",
+                    "https://inbox.example.com/webhooks/replicate",
+                ),
+            ];
+            pairs.retain(|(k, _)| *k != key);
+            pairs.push((key, value));
+            let error = with(&pairs).unwrap_err();
+            assert_eq!(error.key, key);
+            assert!(!error.to_string().contains("notasecret"));
+        }
+        let settings = with(&[
+            ("REPLICATE_API_TOKEN", "r8_notasecret"),
+            (
+                "INBOX_WEBHOOK_URL",
+                "https://inbox.example.com/webhooks/replicate",
+            ),
+        ])
+        .unwrap();
+        let gateway = settings.gateway.as_ref().unwrap();
+        assert_eq!(gateway.api_url, DEFAULT_REPLICATE_API_URL);
+        assert!(!format!("{settings:?}").contains("notasecret"));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Bearer tokens for the read API.
+//! Bearer tokens: `INBOX_API_TOKENS` read; `INBOX_CREATE_TOKENS` read, and also create and cancel
+//! predictions through the gateway, which spends the account's money and rate limit.
 
 use std::fmt;
 
@@ -12,30 +13,45 @@ use super::{ApiError, AppState};
 use crate::waiters::Caller;
 
 /// The accepted tokens, held as SHA-256 digests: comparing digests in constant time leaks neither
-/// a token's bytes nor its length, and the tokens themselves are not kept in memory.
+/// a token's bytes nor its length, and the tokens themselves are not kept in memory. The first
+/// `readers` only read; the rest may also create.
 #[derive(Clone)]
-pub struct ApiTokens(Vec<[u8; 32]>);
+pub struct ApiTokens {
+    digests: Vec<[u8; 32]>,
+    readers: usize,
+}
 
 impl fmt::Debug for ApiTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ApiTokens({} tokens, <redacted>)", self.0.len())
+        write!(f, "ApiTokens({} tokens, <redacted>)", self.digests.len())
     }
 }
 
 impl ApiTokens {
-    pub fn new<'a>(tokens: impl IntoIterator<Item = &'a str>) -> Self {
-        Self(tokens.into_iter().map(digest).collect())
+    pub fn new<'a>(
+        readers: impl IntoIterator<Item = &'a str>,
+        creators: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let mut digests: Vec<_> = readers.into_iter().map(digest).collect();
+        let readers = digests.len();
+        digests.extend(creators.into_iter().map(digest));
+        Self { digests, readers }
     }
 
     /// Which of the tokens `token` is, if any; every one is compared, in constant time.
     pub fn find(&self, token: &str) -> Option<usize> {
         let candidate = digest(token);
         let mut found = u32::MAX;
-        for (i, known) in self.0.iter().enumerate() {
+        for (i, known) in self.digests.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             found.conditional_assign(&i, known.ct_eq(&candidate));
         }
         (found != u32::MAX).then_some(found as usize)
+    }
+
+    /// Whether the token found at `index` may create and cancel.
+    pub fn may_create(&self, index: usize) -> bool {
+        index >= self.readers
     }
 }
 
@@ -46,6 +62,25 @@ fn digest(token: &str) -> [u8; 32] {
 /// Extracting this proves the request carried an accepted `Authorization: Bearer` token; it holds
 /// which one, to tell callers apart.
 pub struct Authenticated(pub Caller);
+
+/// Extracting this proves the request carried a token that may create (`INBOX_CREATE_TOKENS`).
+pub struct Creator(pub Caller);
+
+impl FromRequestParts<AppState> for Creator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Authenticated(caller) = Authenticated::from_request_parts(parts, state).await?;
+        if state.settings.tokens.may_create(caller) {
+            Ok(Self(caller))
+        } else {
+            Err(ApiError::Forbidden(
+                "this token may only read; creating and cancelling take one of INBOX_CREATE_TOKENS"
+                    .into(),
+            ))
+        }
+    }
+}
 
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
@@ -81,11 +116,12 @@ mod tests {
 
     #[test]
     fn accepts_exactly_the_configured_tokens() {
-        let tokens = ApiTokens::new(["alpha", "beta"]);
+        let tokens = ApiTokens::new(["alpha"], ["beta"]);
         assert_eq!(
             (tokens.find("alpha"), tokens.find("beta")),
             (Some(0), Some(1))
         );
+        assert!(!tokens.may_create(0) && tokens.may_create(1));
         for wrong in ["", "alph", "alphaa", "Alpha", "gamma"] {
             assert_eq!(tokens.find(wrong), None, "{wrong}");
         }

@@ -60,6 +60,19 @@ impl BodyBudget {
         )
     }
 
+    /// Holds `bytes` of the budget for a body that streams through rather than being read whole:
+    /// what its buffers may hold at once.
+    pub fn hold(&self, bytes: usize) -> Result<Held, ApiError> {
+        let mut held = Held {
+            budget: self.clone(),
+            shared: None,
+            reserve: None,
+            small: false,
+        };
+        held.grow(bytes)?;
+        Ok(held)
+    }
+
     /// Reads the body of a request whose headers are `headers`: at most `limit` bytes, charged to
     /// this budget as they arrive. The bytes come with what holds their share of the budget; drop
     /// it once the body is no longer needed.

@@ -30,7 +30,15 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
+    /// A route whose setting is not set.
+    #[error("{0}")]
+    NotConfigured(&'static str),
+    /// The platform gave no answer of its own.
+    #[error(transparent)]
+    Upstream(#[from] crate::replicate::UpstreamError),
     /// The database failed; shared by every request of a batch that failed together.
     #[error(transparent)]
     Unavailable(Arc<StoreError>),
@@ -67,7 +75,13 @@ impl IntoResponse for ApiError {
         let status = match &self {
             Self::Unauthorized(_) | Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotConfigured(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::Upstream(crate::replicate::UpstreamError::TimedOut) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable(_) | Self::Busy(_) | Self::TimedOut => {

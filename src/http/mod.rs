@@ -5,6 +5,7 @@
 mod auth;
 mod body;
 mod error;
+mod gateway;
 mod health;
 mod openapi;
 mod predictions;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
@@ -35,6 +36,7 @@ use crate::waiters::Waiters;
 pub use auth::ApiTokens;
 pub use body::BodyBudget;
 pub use error::ApiError;
+pub use gateway::{AllowedModels, Gateway};
 pub use server::serve;
 
 /// How the HTTP edge is set up: everything it takes from the settings, in one value.
@@ -69,6 +71,8 @@ pub struct Shared {
     bodies: BodyBudget,
     /// Whether the workers the service needs are running.
     health: Health,
+    /// Creating through the inbox, when the platform's token is set.
+    gateway: Option<Gateway>,
     last_count: scrape::LastCount,
     settings: Settings,
     /// The OpenAPI description served at `/openapi.json`, rendered once from the routes; each
@@ -84,6 +88,7 @@ pub struct Parts {
     pub verifier: Verifier,
     pub health: Health,
     pub bodies: BodyBudget,
+    pub gateway: Option<Gateway>,
 }
 
 impl AppState {
@@ -98,6 +103,7 @@ impl AppState {
             verifier: parts.verifier,
             bodies: parts.bodies,
             health: parts.health,
+            gateway: parts.gateway,
             last_count: scrape::LastCount::default(),
             settings,
             description,
@@ -118,6 +124,7 @@ pub fn router(parts: Parts, settings: Settings) -> Router {
     let (router, description) = openapi::router()
         .merge(webhooks::router(&settings))
         .merge(predictions::router(&settings))
+        .merge(gateway::router(&settings))
         .merge(health::router(&settings))
         .merge(scrape::router(&settings))
         .split_for_parts();
@@ -169,4 +176,28 @@ fn typed(content_type: &'static str, body: impl IntoResponse) -> Response {
 /// problem layer adds `Retry-After`.
 fn timeout(duration: Duration) -> TimeoutLayer {
     TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, duration)
+}
+
+/// Where the client reached us: the configured public URL, else what its request said — its
+/// `Host`, and the `X-Forwarded-*` a proxy in front sets only when the operator trusts them (any
+/// client can send them, and a link built from them would point wherever it liked).
+fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    let settings = &state.settings;
+    if let Some(url) = &settings.public_url {
+        return url.to_string();
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(',').next())
+            .map(str::trim)
+            .filter(|value| !value.is_empty())
+    };
+    let forwarded = |name: &str| header(name).filter(|_| settings.trust_forwarded);
+    let scheme = forwarded("x-forwarded-proto").unwrap_or("http");
+    match forwarded("x-forwarded-host").or_else(|| header("host")) {
+        Some(host) => format!("{scheme}://{host}"),
+        None => String::new(),
+    }
 }

@@ -20,12 +20,14 @@ use super::AppState;
     tags(
         (name = "deliveries", description = "What the platform sends"),
         (name = "predictions", description = "Reading latest states"),
+        (name = "gateway", description = "Creating and cancelling through the inbox, which holds the account's token and wires each prediction's webhook to itself (on when REPLICATE_API_TOKEN is set; tokens of INBOX_CREATE_TOKENS)"),
         (name = "operations", description = "Probes, metrics and this description"),
     ),
 )]
 struct ApiDoc;
 
-/// `Authorization: Bearer <token>`, one of `INBOX_API_TOKENS`.
+/// `Authorization: Bearer <token>`, one of `INBOX_API_TOKENS` (read) or `INBOX_CREATE_TOKENS`
+/// (read, create and cancel).
 struct BearerTokens;
 
 impl Modify for BearerTokens {

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::domain::{InvalidPrediction, Prediction};
 use crate::metrics;
-use crate::store::{NewDelivery, Outcome, StoreError};
+use crate::store::{NewDelivery, Outcome, Source, StoreError};
 use crate::verify::Verified;
 
 pub use writer::{BatchWriter, Faults, MAX_BATCH_BYTES, Writer};
@@ -45,10 +45,39 @@ pub async fn ingest(
     let started = Started::now();
     let body = String::from_utf8(body).map_err(|_| InvalidPrediction::NotUtf8)?;
     let prediction = Prediction::parse(&body)?;
-    let prediction_id = prediction.id.clone();
-    let status = prediction.status.clone();
-    let webhook_id = verified.webhook_id.clone();
     let delivery = NewDelivery::new(prediction, verified.webhook_id, verified.timestamp, body);
+    commit(writer, delivery, deadline, started).await
+}
+
+/// Records a prediction object the platform answered the service with (a create, a cancel, a
+/// reconciling read), as a delivery of `source`, through the same order as a webhook's.
+pub async fn record_answer(
+    writer: &Writer,
+    source: Source,
+    body: String,
+    deadline: Instant,
+) -> Result<Outcome, IngestError> {
+    let started = Started::now();
+    let prediction = Prediction::parse(&body)?;
+    commit(
+        writer,
+        NewDelivery::own(source, prediction, body),
+        deadline,
+        started,
+    )
+    .await
+}
+
+async fn commit(
+    writer: &Writer,
+    delivery: NewDelivery,
+    deadline: Instant,
+    started: Started,
+) -> Result<Outcome, IngestError> {
+    let prediction_id = delivery.prediction.id.clone();
+    let status = delivery.prediction.status.clone();
+    let webhook_id = delivery.webhook_id().clone();
+    let source = delivery.source;
     let outcome = match writer.record(delivery, deadline).await {
         Ok(outcome) => outcome,
         Err(error) => {
@@ -61,6 +90,7 @@ pub async fn ingest(
     tracing::info!(
         prediction_id = %prediction_id,
         %webhook_id,
+        source = source.as_str(),
         status = status.as_ref().map(|s| s.as_str()),
         outcome = outcome.as_str(),
         "delivery"

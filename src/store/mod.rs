@@ -286,6 +286,31 @@ pub struct NewDelivery {
     /// The exact body received.
     pub body: String,
     pub received_at: OffsetDateTime,
+    pub source: Source,
+}
+
+/// How a delivery came: signed by the platform, or made by the service from one of the
+/// platform's answers to it. Recorded in the deliveries' column `source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Webhook,
+    /// The answer to a create.
+    Create,
+    /// The answer to a cancel.
+    Cancel,
+    /// An answer to a read of the prediction, made to repair a missed webhook.
+    Reconcile,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Create => "create",
+            Self::Cancel => "cancel",
+            Self::Reconcile => "reconcile",
+        }
+    }
 }
 
 impl NewDelivery {
@@ -300,6 +325,33 @@ impl NewDelivery {
             prediction,
             body,
             received_at: OffsetDateTime::now_utc(),
+            source: Source::Webhook,
+        }
+    }
+
+    /// A delivery the service makes itself from one of the platform's answers (`source` is not
+    /// `Webhook`). Its id holds a `·`, which no `webhook-id` can: a header value that is not
+    /// visible ASCII is refused (`verify`), so the two never collide. It goes through the same
+    /// order, with a timestamp that keeps it from replacing a terminal state: a terminal one
+    /// counts as sent at 0, so that every terminal delivery the platform signs is greater; any
+    /// other has now, and is below every terminal state by rank.
+    pub fn own(source: Source, prediction: Prediction, body: String) -> Self {
+        let mut random = [0u8; 16];
+        // The operating system's generator failing leaves zeros and the time below to tell the
+        // ids apart.
+        let _ = getrandom::getrandom(&mut random);
+        let now = OffsetDateTime::now_utc();
+        let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let id = format!("{}·{}{suffix}", source.as_str(), now.unix_timestamp_nanos());
+        let terminal = prediction
+            .status
+            .as_ref()
+            .is_some_and(|status| status.is_terminal());
+        let timestamp = if terminal { 0 } else { now.unix_timestamp() };
+        let webhook_id = WebhookId::made(id);
+        Self {
+            source,
+            ..Self::new(prediction, webhook_id, timestamp, body)
         }
     }
 
@@ -424,7 +476,7 @@ pub struct StoredDelivery {
     /// `webhook-timestamp`, Unix seconds.
     pub webhook_timestamp: i64,
     pub received_at: OffsetDateTime,
-    /// How it came: `webhook`.
+    /// How it came: `webhook`, `create`, `cancel` or `reconcile` (see [`Source`]).
     pub source: String,
     /// Its own status, as sent.
     pub status: Option<String>,

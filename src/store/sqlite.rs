@@ -325,8 +325,9 @@ async fn record_one(
     let changed = |done: SqliteQueryResult| done.rows_affected() == 1;
     let new = sqlx::query(
         "INSERT INTO deliveries \
-            (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body, status) \
-         VALUES ($1, $2, $3, $4, 0, $5, $6) ON CONFLICT (webhook_id) DO NOTHING",
+            (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body, status, \
+             source) \
+         VALUES ($1, $2, $3, $4, 0, $5, $6, $7) ON CONFLICT (webhook_id) DO NOTHING",
     )
     .bind(delivery.webhook_id().as_str())
     .bind(delivery.prediction.id.as_str())
@@ -334,6 +335,7 @@ async fn record_one(
     .bind(received_at)
     .bind(&delivery.body)
     .bind(delivery.status())
+    .bind(delivery.source.as_str())
     .execute(&mut *tx)
     .await
     .map(changed)?;

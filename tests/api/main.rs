@@ -5,6 +5,7 @@
 //! and `tests/metrics_upkeep.rs` (a counting global allocator).
 
 mod forgery;
+mod gateway;
 mod group_commit;
 mod hardening;
 mod latest_state;

@@ -6,9 +6,15 @@ use serde_json::Value;
 use support::{Backend, spawn_app};
 
 /// Every route of the contract.
-const ROUTES: [(&str, &str); 9] = [
+const ROUTES: [(&str, &str); 15] = [
     ("post", "/webhooks/replicate"),
     ("get", "/v1/predictions"),
+    ("post", "/v1/predictions"),
+    ("post", "/v1/models/{owner}/{name}/predictions"),
+    ("post", "/v1/deployments/{owner}/{name}/predictions"),
+    ("post", "/v1/predictions/{id}/cancel"),
+    ("get", "/v1/models/{owner}/{name}/versions/{id}"),
+    ("post", "/v1/files"),
     ("get", "/v1/predictions/{id}"),
     ("get", "/v1/predictions/{id}/events"),
     ("get", "/v1/predictions/{id}/deliveries"),
@@ -75,7 +81,10 @@ async fn every_route_is_described_and_every_described_route_is_served(backend: B
     assert_eq!(described, expected);
 
     for (method, path) in ROUTES {
-        let url = format!("{}{}", app.address, path.replace("{id}", "some-id"));
+        let url = format!("{}{}", app.address, path)
+            .replace("{id}", "some-id")
+            .replace("{owner}", "acme")
+            .replace("{name}", "echo");
         let request = match method {
             "post" => app.client.post(&url),
             _ => app.client.get(&url),

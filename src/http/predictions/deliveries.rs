@@ -11,10 +11,10 @@ use serde_json::value::RawValue;
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
-use super::list::base_url;
 use super::{json, not_received, page_size, receivable};
 use crate::domain::{from_unix_micros, nul_free, unix_micros};
 use crate::http::auth::Authenticated;
+use crate::http::base_url;
 use crate::http::error::{PROBLEM_JSON, Problem};
 use crate::http::{ApiError, AppState};
 use crate::store::{HistoryQuery, StoredDelivery};
@@ -51,11 +51,15 @@ pub struct DeliveryList {
 #[derive(Serialize, ToSchema)]
 pub struct DeliveryRecord {
     webhook_id: String,
-    /// The `webhook-timestamp` header, Unix seconds
+    /// The `webhook-timestamp` header, Unix seconds. A delivery the service made itself has none:
+    /// its place in the latest-state order's timestamp, which is 0 for a terminal one (so any
+    /// terminal delivery of the platform's is later) and the time it was made for any other
     webhook_timestamp: i64,
     /// When the service recorded it, RFC 3339
     received_at: String,
-    /// How it came: `webhook`
+    /// How it came: `webhook` (signed by the platform), or made by the service from the platform's
+    /// answer to a `create`, a `cancel` or a `reconcile` read; these ids hold a `·`, which no
+    /// `webhook-id` can
     source: String,
     /// Its own status, as sent
     status: Option<String>,

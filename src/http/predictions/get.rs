@@ -50,19 +50,33 @@ async fn read_or_wait(
     wait: Option<u64>,
     caller: usize,
 ) -> Result<Response, ApiError> {
+    let Some(wait) = wait else {
+        let read = bounded(state.settings.request_timeout, state.store.prediction(id));
+        return Ok(answer(read.await?, None));
+    };
+    let (found, applied) = wait_for_end(state, id, wait, caller).await?;
+    Ok(answer(found, Some(applied)))
+}
+
+/// Holds the request until prediction `id` is terminal or `wait` seconds pass (or the service
+/// shuts down), then reads it: its state then, and the wait applied (0 when too many requests
+/// were already waiting, and the state is read at once).
+pub(in crate::http) async fn wait_for_end(
+    state: &AppState,
+    id: &str,
+    wait: u64,
+    caller: usize,
+) -> Result<(Option<StoredPrediction>, u64), ApiError> {
     // This route's bounds live here rather than in a timeout layer: a layer, or a timeout around
     // the whole wait, is one more future and timer for every parked wait, and waits are what this
     // route holds by the thousand. Each read is bounded by the request timeout, the wait by its
     // own deadline.
     let bound = state.settings.request_timeout;
     let read = || bounded(bound, state.store.prediction(id));
-    let Some(wait) = wait else {
-        return Ok(answer(read().await?, None));
-    };
     // Registered before the first read, so a change committed in between still wakes this wait.
     let Ok(mut registration) = state.waiters.register(id, Interest::Terminal, caller) else {
         // Too many waiters already: the state now, and a header that says no wait was applied.
-        return Ok(answer(read().await?, Some(0)));
+        return Ok((read().await?, 0));
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     // Whether the prediction is finished, asked without its body: a parked wait holds none, and
@@ -76,7 +90,7 @@ async fn read_or_wait(
         }
     }
     // The state as it is now: finished, or at the deadline (or at shutdown).
-    Ok(answer(read().await?, Some(wait)))
+    Ok((read().await?, wait))
 }
 
 /// A database call that gives up after `limit`, answered 503.
@@ -105,7 +119,7 @@ fn answer(found: Option<StoredPrediction>, wait_applied: Option<u64>) -> Respons
 
 /// The `wait` preference among `Prefer` headers (RFC 7240), in seconds, read in place rather than
 /// copying every header into the waiting request.
-pub(super) struct WaitPreference(Option<u64>);
+pub(in crate::http) struct WaitPreference(pub Option<u64>);
 
 impl<S: Sync> FromRequestParts<S> for WaitPreference {
     type Rejection = ApiError;

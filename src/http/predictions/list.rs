@@ -13,7 +13,7 @@ use super::{PredictionList, json, page_size};
 use crate::domain::nul_free;
 use crate::http::auth::Authenticated;
 use crate::http::error::{PROBLEM_JSON, Problem};
-use crate::http::{ApiError, AppState};
+use crate::http::{ApiError, AppState, base_url};
 use crate::store::{Direction, ListQuery, Page, Position, StoredPrediction};
 
 /// The list's query string. Everything arrives as text so that each bad value gets its own message.
@@ -165,28 +165,4 @@ fn list_body(previous: Option<String>, next: Option<String>, page: &Page) -> Str
 fn timestamp(name: &str, text: &str) -> Result<OffsetDateTime, ApiError> {
     OffsetDateTime::parse(text, &Rfc3339)
         .map_err(|_| ApiError::BadRequest(format!("`{name}` must be an RFC 3339 timestamp")))
-}
-
-/// Where the client reached us: the configured public URL, else what its request said — its
-/// `Host`, and the `X-Forwarded-*` a proxy in front sets only when the operator trusts them (any
-/// client can send them, and a link built from them would point wherever it liked).
-pub(super) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
-    let settings = &state.settings;
-    if let Some(url) = &settings.public_url {
-        return url.to_string();
-    }
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(',').next())
-            .map(str::trim)
-            .filter(|value| !value.is_empty())
-    };
-    let forwarded = |name: &str| header(name).filter(|_| settings.trust_forwarded);
-    let scheme = forwarded("x-forwarded-proto").unwrap_or("http");
-    match forwarded("x-forwarded-host").or_else(|| header("host")) {
-        Some(host) => format!("{scheme}://{host}"),
-        None => String::new(),
-    }
 }

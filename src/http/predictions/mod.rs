@@ -21,7 +21,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ApiError, AppState, Settings, timeout};
+
 use crate::domain::PredictionId;
+pub(super) use get::{WaitPreference, wait_for_end};
 
 pub(super) const DEFAULT_LIMIT: u32 = 100;
 pub(super) const MAX_LIMIT: u32 = 1000;

@@ -500,6 +500,7 @@ impl Postgres {
         let ranks = column(&rows, |d| d.progress.rank);
         let logs = column(&rows, |d| d.progress.logs_len);
         let outputs = column(&rows, |d| d.progress.output_len);
+        let sources = column(&rows, |d| d.source.as_str());
         let applied: Vec<String> = self
             .live(|| async {
                 let mut kept = self.writes.lock().await;
@@ -543,6 +544,7 @@ impl Postgres {
                     .bind(&outputs)
                     .bind(CHANGES_CHANNEL)
                     .bind(time_left(deadline))
+                    .bind(&sources)
                     .fetch_one(&mut connection)
                     .await;
                 if still_usable(&applied) {
@@ -696,9 +698,9 @@ pub(super) const RECORD: &str = concat!(
 WITH d AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::timestamptz[], $5::text[],
                          $6::bool[], $7::bool[], $8::text[], $9::text[], $10::text[],
-                         $11::timestamptz[], $12::int2[], $13::int8[], $14::int8[])
+                         $11::timestamptz[], $12::int2[], $13::int8[], $14::int8[], $17::text[])
         AS d (webhook_id, prediction_id, ts, received_at, body,
-              offered, leads, status, model, version, created_at, rank, logs, output)
+              offered, leads, status, model, version, created_at, rank, logs, output, source)
 ), locked AS (
     SELECT p.id, p.progress_rank AS rank, p.progress_logs AS logs, "#,
     stored_output!("p"),
@@ -742,8 +744,9 @@ WITH d AS (
     FROM compared AS c LEFT JOIN latest AS n ON n.id = c.prediction_id
 ), recorded AS (
     INSERT INTO deliveries
-        (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body, status)
-    SELECT c.webhook_id, c.prediction_id, c.ts, c.received_at, x.applied, c.body, c.status
+        (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body, status, source)
+    SELECT c.webhook_id, c.prediction_id, c.ts, c.received_at, x.applied, c.body, c.status,
+           c.source
     FROM compared AS c JOIN decided AS x USING (webhook_id)
     ORDER BY c.webhook_id
     RETURNING webhook_id, applied

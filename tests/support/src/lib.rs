@@ -3,6 +3,7 @@
 //! real binary in a process of its own.
 
 pub mod bench;
+pub mod fake_replicate;
 pub mod flood;
 pub mod limits;
 pub mod load;
@@ -31,6 +32,8 @@ use sqlx::{Connection, Executor, PgConnection, PgPool, SqlitePool};
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const TOKEN: &str = "test-token-0123456789";
+/// A token of `INBOX_CREATE_TOKENS` in the gateway's tests.
+pub const CREATE_TOKEN: &str = "create-token-0123456789";
 
 /// A database created for one test and dropped after it.
 pub struct TestDatabase {
@@ -426,21 +429,44 @@ pub async fn spawn_app_with_faults(
     faults: Option<Arc<dyn Faults>>,
 ) -> TestApp {
     let store = TestStore::create(backend).await;
-    let Instance {
-        address,
-        waiters,
-        bodies,
-        writer,
-    } = start(&store.url(), overrides, faults).await;
-    TestApp {
-        address,
-        waiters,
-        bodies,
-        writer,
-        client: reqwest::Client::new(),
-        store,
-        secret: SECRET.parse().expect("test secret"),
-    }
+    let instance = start(&store.url(), overrides, faults).await;
+    TestApp::over(store, instance)
+}
+
+/// An app whose gateway calls `fake`, with `CREATE_TOKEN` among its tokens: its port is chosen
+/// first, since the webhook URL it gives the platform names it.
+pub async fn spawn_gateway_app(
+    backend: Backend,
+    fake: &fake_replicate::FakeReplicate,
+    overrides: &[(&str, &str)],
+) -> TestApp {
+    let store = TestStore::create(backend).await;
+    let instance = start_gateway(&store.url(), fake, overrides).await;
+    TestApp::over(store, instance)
+}
+
+/// A replica with the gateway on, over the database at `database_url`.
+pub async fn start_gateway(
+    database_url: &str,
+    fake: &fake_replicate::FakeReplicate,
+    overrides: &[(&str, &str)],
+) -> Instance {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let webhook = format!("http://{listen}/webhooks/replicate");
+    let mut all = vec![
+        ("INBOX_LISTEN", listen.as_str()),
+        ("INBOX_WEBHOOK_URL", webhook.as_str()),
+        ("REPLICATE_API_TOKEN", fake_replicate::ACCOUNT_TOKEN),
+        ("INBOX_REPLICATE_API_URL", fake.url()),
+        ("INBOX_CREATE_TOKENS", CREATE_TOKEN),
+    ];
+    all.retain(|(key, _)| !overrides.iter().any(|(k, _)| k == key));
+    all.extend_from_slice(overrides);
+    start(database_url, &all, None).await
 }
 
 pub fn now() -> i64 {
@@ -486,6 +512,19 @@ impl Delivery {
 }
 
 impl TestApp {
+    /// The test's app: `instance`, over `store`.
+    fn over(store: TestStore, instance: Instance) -> Self {
+        Self {
+            address: instance.address,
+            waiters: instance.waiters,
+            bodies: instance.bodies,
+            writer: instance.writer,
+            client: reqwest::Client::new(),
+            store,
+            secret: SECRET.parse().expect("test secret"),
+        }
+    }
+
     /// This instance, as an `Instance` like any other replica.
     pub fn instance(&self) -> Instance {
         Instance {
@@ -499,6 +538,11 @@ impl TestApp {
     /// A second replica sharing this one's database.
     pub async fn another_instance(&self) -> Instance {
         start(&self.store.url(), &[], None).await
+    }
+
+    /// A second replica sharing this one's database, with the gateway on.
+    pub async fn another_gateway_instance(&self, fake: &fake_replicate::FakeReplicate) -> Instance {
+        start_gateway(&self.store.url(), fake, &[]).await
     }
 
     /// A second replica sharing this one's database, with some settings of its own.

@@ -1,0 +1,154 @@
+//! What the platform's answers become: a prediction it answered is recorded as a delivery of the
+//! service's own, and what the caller gets names the inbox's routes rather than the platform's.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use serde_json::{Map, Value};
+
+use crate::http::AppState;
+use crate::ingest::{self, IngestError};
+use crate::replicate::Answer;
+use crate::store::Source;
+
+/// How often, and how far apart, a prediction the platform answered is offered to the store again
+/// when recording it failed: for about ten minutes, by which time its webhooks have brought it.
+const RECORD_ATTEMPTS: u32 = 10;
+const RECORD_BACKOFF_MAX: Duration = Duration::from_secs(120);
+
+/// Records a prediction the platform answered with, as a delivery of `source`. Whether it was
+/// recorded now; if not, and it is worth trying again, it is retried in the background, so that
+/// the caller's answer never waits on it nor fails for it.
+pub(super) async fn record(state: &AppState, source: Source, body: &Bytes) -> bool {
+    let Ok(text) = String::from_utf8(body.to_vec()) else {
+        tracing::warn!(
+            source = source.as_str(),
+            "the platform answered a body that is not UTF-8"
+        );
+        return false;
+    };
+    let deadline = tokio::time::Instant::now() + state.settings.request_timeout;
+    match ingest::record_answer(&state.writer, source, text.clone(), deadline).await {
+        Ok(_) => true,
+        Err(IngestError::Invalid(error)) => {
+            tracing::warn!(source = source.as_str(), %error, "the platform's answer is not a prediction the inbox can record");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(source = source.as_str(), %error, "recording the platform's answer failed; retrying in the background");
+            let state = state.clone();
+            tokio::spawn(async move { record_later(state, source, text).await });
+            false
+        }
+    }
+}
+
+async fn record_later(state: AppState, source: Source, text: String) {
+    let mut backoff = Duration::from_secs(1);
+    for _ in 1..RECORD_ATTEMPTS {
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RECORD_BACKOFF_MAX);
+        let deadline = tokio::time::Instant::now() + state.settings.request_timeout;
+        match ingest::record_answer(&state.writer, source, text.clone(), deadline).await {
+            Ok(_) => return,
+            Err(IngestError::Invalid(_)) => return,
+            Err(error) => {
+                tracing::warn!(source = source.as_str(), %error, "recording the platform's answer failed again")
+            }
+        }
+    }
+    tracing::error!(
+        source = source.as_str(),
+        "gave up recording the platform's answer; the prediction's webhooks will bring its state"
+    );
+}
+
+/// A prediction object as the inbox answers it: `urls.get` and `urls.cancel` name the inbox's
+/// routes under `base` (a client that follows them must not carry its inbox token to the
+/// platform; `urls.stream` stays the platform's), and with `starting`, an unfinished prediction
+/// says `starting` (see `create`). `None` if it is not a JSON object with a string `id`.
+pub(super) fn as_the_inbox_answers(
+    body: &[u8],
+    base: &str,
+    starting: bool,
+) -> Option<(String, Vec<u8>)> {
+    let mut object: Map<String, Value> = serde_json::from_slice(body).ok()?;
+    let id = object.get("id")?.as_str()?.to_owned();
+    if let Some(Value::Object(urls)) = object.get_mut("urls") {
+        let get = format!("{base}/v1/predictions/{id}");
+        urls.insert("cancel".into(), Value::String(format!("{get}/cancel")));
+        urls.insert("get".into(), Value::String(get));
+    }
+    if starting {
+        let finished = object
+            .get("status")
+            .and_then(Value::as_str)
+            .is_some_and(|status| crate::domain::Status::parse(status).is_terminal());
+        if !finished {
+            object.insert("status".into(), Value::String("starting".into()));
+        }
+    }
+    let bytes = serde_json::to_vec(&object).ok()?;
+    Some((id, bytes))
+}
+
+/// The platform's own answer, passed on as it came: its status, its problem body, and the
+/// `Retry-After` of a `429` or `503`.
+pub(super) fn passed_on(answer: Answer) -> Response {
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() = answer.status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        answer
+            .content_type
+            .unwrap_or(HeaderValue::from_static("application/json")),
+    );
+    if let Some(retry_after) = answer.retry_after {
+        headers.insert(header::RETRY_AFTER, retry_after);
+    }
+    response
+}
+
+/// A JSON answer of `status`.
+pub(super) fn json(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_names_the_inbox_and_keeps_the_stream() {
+        let body = br#"{"id":"p1","status":"processing","urls":{"get":"https://api.replicate.com/v1/predictions/p1","cancel":"https://api.replicate.com/v1/predictions/p1/cancel","stream":"https://stream.replicate.com/v1/files/x"}}"#;
+        let (id, bytes) = as_the_inbox_answers(body, "https://inbox.example", true).unwrap();
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(id, "p1");
+        assert_eq!(value["status"], "starting");
+        assert_eq!(
+            value["urls"]["get"],
+            "https://inbox.example/v1/predictions/p1"
+        );
+        assert_eq!(
+            value["urls"]["cancel"],
+            "https://inbox.example/v1/predictions/p1/cancel"
+        );
+        assert_eq!(
+            value["urls"]["stream"],
+            "https://stream.replicate.com/v1/files/x"
+        );
+        let done = br#"{"id":"p1","status":"succeeded"}"#;
+        let (_, bytes) = as_the_inbox_answers(done, "", true).unwrap();
+        assert!(String::from_utf8(bytes).unwrap().contains("succeeded"));
+        assert!(as_the_inbox_answers(b"[1]", "", false).is_none());
+    }
+}

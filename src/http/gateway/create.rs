@@ -1,0 +1,321 @@
+//! `POST /v1/predictions`, `POST /v1/models/{owner}/{name}/predictions` and
+//! `POST /v1/deployments/{owner}/{name}/predictions`: forwarded with the inbox's webhook, recorded
+//! at once, and with `Prefer: wait`, answered from the inbox's own deliveries.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use serde_json::{Map, Value};
+
+use super::answer::{self, as_the_inbox_answers, passed_on};
+use super::{Gateway, gateway, segment};
+use crate::http::auth::Creator;
+use crate::http::error::{PROBLEM_JSON, Problem};
+use crate::http::predictions::{PredictionObject, WaitPreference, wait_for_end};
+use crate::http::{ApiError, AppState, base_url};
+use crate::metrics;
+use crate::replicate::{
+    DEPLOYMENTS, MODELS, Operation, PREDICTIONS, Segment, UpstreamError, V1, VERSIONS,
+};
+use crate::store::Source;
+
+/// The fields a caller may not send: the inbox wires every prediction's webhook itself.
+const WIRED_BY_THE_INBOX: [&str; 3] = ["webhook", "webhook_completed", "webhook_events_filter"];
+/// Every event, so that event streams get logs and output as they come.
+const EVERY_EVENT: [&str; 4] = ["start", "output", "logs", "completed"];
+/// Versions of a bare version id looked up under the allowed models, at most.
+const LOOKUPS_MAX: usize = 20;
+
+/// What a create names: a version (in the body), a model, or a deployment.
+enum Target<'a> {
+    Version,
+    Model(Segment<'a>, Segment<'a>),
+    Deployment(Segment<'a>, Segment<'a>),
+}
+
+/// Creates a prediction of a version, named in the body's `version` (an id, or
+/// `owner/name[:id]`).
+#[utoipa::path(
+    post,
+    path = "/v1/predictions",
+    tag = "gateway",
+    security(("bearer" = [])),
+    params(
+        ("Prefer" = Option<String>, Header, description = "`wait` or `wait=N` (1..60): hold the answer until the prediction is terminal or N seconds pass; an unfinished one is answered as `starting`"),
+        ("Cancel-After" = Option<String>, Header, description = "Passed to the platform: a deadline after which the prediction is canceled (or `aborted`, if it had not started)"),
+    ),
+    request_body(content = Object, description = "As the platform takes it (`version`, `input`, `stream`), without `webhook`, `webhook_completed` or `webhook_events_filter`"),
+    responses(
+        (status = 201, description = "Created, and recorded", body = PredictionObject,
+            headers(("Location" = String, description = "With `Prefer: wait`: the prediction's `GET` on the inbox"))),
+        (status = 400, description = "Not a JSON object, or a field the inbox sets itself", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "A read-only token, or a model not in INBOX_ALLOWED_MODELS", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "The body is larger than INBOX_MAX_BODY_BYTES", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Refused by the platform (its status and problem are passed on, as for any error it answers)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, description = "The platform's rate limit, with its `Retry-After`", body = Problem, content_type = PROBLEM_JSON),
+        (status = 501, description = "REPLICATE_API_TOKEN is not set", body = Problem, content_type = PROBLEM_JSON),
+        (status = 502, description = "The platform could not be reached, or refused the inbox's own token", body = Problem, content_type = PROBLEM_JSON),
+        (status = 504, description = "The platform did not answer in time", body = Problem, content_type = PROBLEM_JSON),
+    ),
+)]
+pub(super) async fn by_version(
+    Creator(caller): Creator,
+    State(state): State<AppState>,
+    WaitPreference(wait): WaitPreference,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    create(&state, caller, Target::Version, wait, headers, body).await
+}
+
+/// Creates a prediction of a model's latest version (official models).
+#[utoipa::path(
+    post,
+    path = "/v1/models/{owner}/{name}/predictions",
+    tag = "gateway",
+    security(("bearer" = [])),
+    params(
+        ("owner" = String, Path, description = "`[A-Za-z0-9._-]+`"),
+        ("name" = String, Path, description = "`[A-Za-z0-9._-]+`"),
+        ("Prefer" = Option<String>, Header, description = "As for `POST /v1/predictions`"),
+        ("Cancel-After" = Option<String>, Header, description = "Passed to the platform"),
+    ),
+    request_body(content = Object, description = "As for `POST /v1/predictions`, without `version`"),
+    responses(
+        (status = 201, description = "Created, and recorded", body = PredictionObject),
+        (status = 400, description = "Not a JSON object, a field the inbox sets itself, or a malformed path segment", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "A read-only token, or a model not in INBOX_ALLOWED_MODELS", body = Problem, content_type = PROBLEM_JSON),
+        (status = 501, description = "REPLICATE_API_TOKEN is not set", body = Problem, content_type = PROBLEM_JSON),
+        (status = 502, description = "The platform could not be reached, or refused the inbox's own token", body = Problem, content_type = PROBLEM_JSON),
+    ),
+)]
+pub(super) async fn for_model(
+    Creator(caller): Creator,
+    State(state): State<AppState>,
+    Path((owner, name)): Path<(String, String)>,
+    WaitPreference(wait): WaitPreference,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let target = Target::Model(segment("owner", &owner)?, segment("name", &name)?);
+    create(&state, caller, target, wait, headers, body).await
+}
+
+/// Creates a prediction on a deployment.
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{owner}/{name}/predictions",
+    tag = "gateway",
+    security(("bearer" = [])),
+    params(
+        ("owner" = String, Path, description = "`[A-Za-z0-9._-]+`"),
+        ("name" = String, Path, description = "`[A-Za-z0-9._-]+`"),
+        ("Prefer" = Option<String>, Header, description = "As for `POST /v1/predictions`"),
+        ("Cancel-After" = Option<String>, Header, description = "Passed to the platform"),
+    ),
+    request_body(content = Object, description = "As for `POST /v1/predictions`, without `version`"),
+    responses(
+        (status = 201, description = "Created, and recorded", body = PredictionObject),
+        (status = 400, description = "Not a JSON object, a field the inbox sets itself, or a malformed path segment", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "A read-only token, or a deployment whose `owner/name` is not in INBOX_ALLOWED_MODELS", body = Problem, content_type = PROBLEM_JSON),
+        (status = 501, description = "REPLICATE_API_TOKEN is not set", body = Problem, content_type = PROBLEM_JSON),
+        (status = 502, description = "The platform could not be reached, or refused the inbox's own token", body = Problem, content_type = PROBLEM_JSON),
+    ),
+)]
+pub(super) async fn for_deployment(
+    Creator(caller): Creator,
+    State(state): State<AppState>,
+    Path((owner, name)): Path<(String, String)>,
+    WaitPreference(wait): WaitPreference,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let target = Target::Deployment(segment("owner", &owner)?, segment("name", &name)?);
+    create(&state, caller, target, wait, headers, body).await
+}
+
+async fn create(
+    state: &AppState,
+    caller: usize,
+    target: Target<'_>,
+    wait: Option<u64>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let gateway = gateway(state)?;
+    let (bytes, held) = state
+        .bodies
+        .read(&headers, body, state.settings.max_body_bytes)
+        .await?;
+    let mut request: Map<String, Value> = serde_json::from_slice(&bytes)
+        .map_err(|_| ApiError::BadRequest("the body must be a JSON object".into()))?;
+    drop(bytes);
+    if let Some(key) = WIRED_BY_THE_INBOX
+        .iter()
+        .find(|key| request.contains_key(**key))
+    {
+        metrics::create("refused");
+        return Err(ApiError::BadRequest(format!(
+            "`{key}` is not accepted: the inbox wires every prediction's webhook to itself, \
+             with every event; read the prediction from the inbox"
+        )));
+    }
+    if let Err(error) = check_allowed(gateway, &target, &request).await {
+        metrics::create("refused");
+        return Err(error);
+    }
+    request.insert(
+        "webhook".into(),
+        Value::String(gateway.platform.webhook_url().to_owned()),
+    );
+    request.insert("webhook_events_filter".into(), EVERY_EVENT.into());
+    let segments: Vec<Segment<'_>> = match &target {
+        Target::Version => vec![V1, PREDICTIONS],
+        Target::Model(owner, name) => {
+            vec![V1, MODELS, owner.clone(), name.clone(), PREDICTIONS]
+        }
+        Target::Deployment(owner, name) => {
+            vec![V1, DEPLOYMENTS, owner.clone(), name.clone(), PREDICTIONS]
+        }
+    };
+    // Never `Prefer: wait` upstream: the inbox holds the caller, not a connection to the platform.
+    let mut upstream = HeaderMap::new();
+    if let Some(cancel_after) = headers.get("cancel-after") {
+        upstream.insert("cancel-after", cancel_after.clone());
+    }
+    let body = serde_json::to_vec(&request)
+        .map_err(|_| ApiError::BadRequest("the body could not be forwarded".into()))?;
+    drop(request);
+    let answered = gateway
+        .platform
+        .call(
+            Operation::Create,
+            Method::POST,
+            &segments,
+            upstream,
+            Some(body.into()),
+        )
+        .await;
+    drop(held);
+    let answer = match answered {
+        Ok(answer) if answer.status.is_success() => answer,
+        Ok(answer) => {
+            metrics::create("upstream_error");
+            return Ok(passed_on(answer));
+        }
+        Err(error) => {
+            metrics::create("upstream_error");
+            return Err(error.into());
+        }
+    };
+    // From here the prediction exists and bills: the caller gets the platform's success whatever
+    // happens to the inbox's own record, so that no retry of theirs creates a second one.
+    let recorded = answer::record(state, Source::Create, &answer.body).await;
+    metrics::create(if recorded { "created" } else { "unrecorded" });
+    let base = base_url(state, &headers);
+    let Some(wait) = wait else {
+        return Ok(match as_the_inbox_answers(&answer.body, &base, false) {
+            Some((_, body)) => answer::json(answer.status, body),
+            None => passed_on(answer),
+        });
+    };
+    let Some((id, _)) = as_the_inbox_answers(&answer.body, &base, false) else {
+        return Ok(passed_on(answer));
+    };
+    // As the platform's sync mode: held until the inbox's own deliveries make it terminal or the
+    // wait runs out, then the state it has.
+    let (found, applied) = match wait_for_end(state, &id, wait, caller).await {
+        Ok(waited) => waited,
+        Err(error) => {
+            tracing::warn!(%error, prediction_id = %id, "waiting on a created prediction failed; answering the create");
+            (None, 0)
+        }
+    };
+    let latest = found.map_or_else(|| answer.body.to_vec(), |found| found.body.into_bytes());
+    let Some((_, body)) = as_the_inbox_answers(&latest, &base, true) else {
+        return Ok(passed_on(answer));
+    };
+    let mut response = answer::json(answer.status, body);
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&format!("{base}/v1/predictions/{id}")) {
+        headers.insert(header::LOCATION, location);
+    }
+    if let Ok(applied) = HeaderValue::from_str(&format!("wait={applied}")) {
+        headers.insert("preference-applied", applied);
+    }
+    Ok(response)
+}
+
+/// Refuses a create that `INBOX_ALLOWED_MODELS` does not allow. A deployment is matched by its own
+/// `owner/name`; a bare version id, by asking the platform whether it is a version of one of the
+/// models the patterns name exactly (wildcards cannot be looked up under).
+async fn check_allowed(
+    gateway: &Gateway,
+    target: &Target<'_>,
+    request: &Map<String, Value>,
+) -> Result<(), ApiError> {
+    let Some(allowed) = &gateway.allowed_models else {
+        return Ok(());
+    };
+    let refused = |what: &str| {
+        Err(ApiError::Forbidden(format!(
+            "{what} is not among INBOX_ALLOWED_MODELS"
+        )))
+    };
+    let version = match target {
+        Target::Model(owner, name) | Target::Deployment(owner, name) => {
+            return match allowed.allows(owner.as_str(), name.as_str()) {
+                true => Ok(()),
+                false => refused(&format!("`{}/{}`", owner.as_str(), name.as_str())),
+            };
+        }
+        Target::Version => request
+            .get("version")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ApiError::BadRequest(
+                    "`version` must be a string: a version id, `owner/name` or `owner/name:id`"
+                        .into(),
+                )
+            })?,
+    };
+    let model = version.split_once(':').map_or(version, |(model, _)| model);
+    if let Some((owner, name)) = model.split_once('/') {
+        return match allowed.allows(owner, name) {
+            true => Ok(()),
+            false => refused(&format!("`{owner}/{name}`")),
+        };
+    }
+    if gateway.known_versions.contains(version) {
+        return Ok(());
+    }
+    let Some(id) = Segment::parse(version) else {
+        return refused("this version");
+    };
+    for (owner, name) in allowed.exact().take(LOOKUPS_MAX) {
+        let (Some(owner), Some(name)) = (Segment::parse(owner), Segment::parse(name)) else {
+            continue;
+        };
+        let path = [V1, MODELS, owner, name, VERSIONS, id.clone()];
+        let answer = gateway
+            .platform
+            .call(
+                Operation::Version,
+                Method::GET,
+                &path,
+                HeaderMap::new(),
+                None,
+            )
+            .await
+            .map_err(|error: UpstreamError| ApiError::Upstream(error))?;
+        if answer.status == StatusCode::OK {
+            gateway.known_versions.insert(version);
+            return Ok(());
+        }
+    }
+    refused("this version (name it as `owner/name:id` if its model is allowed by a wildcard)")
+}
