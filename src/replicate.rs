@@ -145,6 +145,8 @@ pub struct Platform {
     base: Url,
     authorization: HeaderValue,
     webhook_url: String,
+    /// `{base}/v1/predictions/`: what a prediction's `urls.get` starts with.
+    predictions_url: String,
 }
 
 impl Platform {
@@ -164,12 +166,20 @@ impl Platform {
             .user_agent(concat!("prediction-inbox/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Self {
+        let mut platform = Self {
             http,
             base,
             authorization,
             webhook_url: settings.webhook_url.clone(),
-        })
+            predictions_url: String::new(),
+        };
+        platform.predictions_url = format!("{}/", platform.url(&[V1, PREDICTIONS]));
+        Ok(platform)
+    }
+
+    /// `{base}/v1/predictions/`: what the platform's `urls.get` of a prediction starts with.
+    pub fn predictions_url(&self) -> &str {
+        &self.predictions_url
     }
 
     /// Where the platform calls back.

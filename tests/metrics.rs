@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use support::{Backend, Delivery, TOKEN, now, prediction, spawn_app_with};
+use support::fake_replicate::{FakeReplicate, VERSION};
+use support::{
+    Backend, CREATE_TOKEN, Delivery, TOKEN, now, prediction, spawn_app_with, spawn_gateway_app,
+};
 
 /// `(name, labels) -> value` for every sample line of a Prometheus text answer.
 fn samples(text: &str) -> Vec<(String, HashMap<String, String>, f64)> {
@@ -50,8 +53,67 @@ fn find(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .map(|(_, _, value)| value)
 }
 
+/// The tests here read what they added to process-wide counters: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test]
+async fn creates_are_counted_by_outcome_and_the_platform_s_calls_timed() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let fake = FakeReplicate::start().await;
+    let app = spawn_gateway_app(Backend::Sqlite, &fake, &[]).await;
+    let before = prediction_inbox::metrics::handle().render();
+    let create = |body: serde_json::Value| {
+        app.client
+            .post(format!("{}/v1/predictions", app.address))
+            .bearer_auth(CREATE_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let input = serde_json::json!({"version": VERSION, "input": {"steps": 0}});
+    assert_eq!(create(input.clone()).await.unwrap().status(), 201);
+    let mut wired = input.clone();
+    wired["webhook"] = "https://elsewhere.example".into();
+    assert_eq!(create(wired).await.unwrap().status(), 400);
+    fake.answer_next(&[(reqwest::StatusCode::SERVICE_UNAVAILABLE, Some("1"))]);
+    assert_eq!(create(input).await.unwrap().status(), 503);
+    let after = prediction_inbox::metrics::handle().render();
+    for outcome in ["created", "refused", "upstream_error"] {
+        assert_eq!(
+            added(
+                &before,
+                &after,
+                "inbox_creates_total",
+                &[("outcome", outcome)]
+            ),
+            1.0,
+            "{outcome}"
+        );
+    }
+    let calls = "inbox_upstream_requests_total";
+    for outcome in ["ok", "server_error"] {
+        assert_eq!(
+            added(
+                &before,
+                &after,
+                calls,
+                &[("operation", "create"), ("outcome", outcome)]
+            ),
+            1.0,
+            "{outcome}"
+        );
+    }
+    assert_eq!(
+        added(
+            &before,
+            &after,
+            "inbox_upstream_duration_seconds_count",
+            &[("operation", "create")]
+        ),
+        2.0
+    );
+}
+
 async fn metrics_count_what_the_service_does(backend: Backend) {
-    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _alone = ONE_AT_A_TIME.lock().await;
     let app = spawn_app_with(backend, &[("INBOX_MAX_BODY_BYTES", "2000")]).await;
     let url = format!("{}/webhooks/replicate", app.address);

@@ -36,6 +36,7 @@ use crate::waiters::Waiters;
 pub use auth::ApiTokens;
 pub use body::BodyBudget;
 pub use error::ApiError;
+use gateway::InboxLinks;
 pub use gateway::{AllowedModels, Gateway};
 pub use server::serve;
 

@@ -67,14 +67,7 @@ impl Client {
     async fn run(self, app: &TestApp, scenario: &str) -> Value {
         let mut command = match self {
             Self::Python => {
-                let python = support::target_profile()
-                    .parent()
-                    .unwrap()
-                    .join("clients/venv/bin/python");
-                assert!(
-                    python.exists(),
-                    "the Python client is not installed: run tests/setup.sh"
-                );
+                let python = support::venv_program("python");
                 let mut command = Command::new(python);
                 command.arg(clients().join("python/scenarios.py"));
                 command

@@ -109,12 +109,8 @@ async fn a_create_is_wired_to_the_inbox_and_recorded_at_once(backend: Backend) {
     let stored = read(&app, &id, None).await;
     assert_eq!(stored.status(), StatusCode::OK);
     let history: Value = app
-        .client
-        .get(format!("{}/v1/predictions/{id}/deliveries", app.address))
-        .bearer_auth(TOKEN)
-        .send()
+        .get(&format!("/v1/predictions/{id}/deliveries"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -123,6 +119,18 @@ async fn a_create_is_wired_to_the_inbox_and_recorded_at_once(backend: Backend) {
     let done: Value = read(&app, &id, Some("wait=20")).await.json().await.unwrap();
     assert_eq!(done["status"], "succeeded");
     assert_eq!(done["output"], json!(["step 1", "step 2", "hi"]));
+    // What readers get names the inbox too, while the stored body is the platform's.
+    let inbox_get = format!("{}/v1/predictions/{id}", app.address);
+    assert_eq!(done["urls"]["get"], inbox_get);
+    let list: Value = app.get("/v1/predictions").await.json().await.unwrap();
+    assert_eq!(
+        list["results"][0]["urls"]["cancel"],
+        format!("{inbox_get}/cancel")
+    );
+    assert_eq!(
+        list["results"][0]["urls"]["stream"],
+        created["urls"]["stream"]
+    );
 }
 
 async fn prefer_wait_on_create_answers_from_the_inbox_own_deliveries(backend: Backend) {
@@ -437,7 +445,13 @@ async fn the_platforms_errors_come_back_as_they_are_and_its_refusal_of_the_token
     )
     .await;
     // A version the platform refuses: its 422 and its words.
-    let refused = create(&app, "/v1/predictions", json!({"version": "nope"}), None).await;
+    let refused = create(
+        &app,
+        "/v1/predictions",
+        json!({"version": "nope", "input": {}}),
+        None,
+    )
+    .await;
     let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert!(
         problem["detail"]

@@ -17,5 +17,6 @@ mod ordering_property;
 mod outage;
 mod predictions;
 mod retention;
+mod schemathesis;
 mod waiting;
 mod webhooks;

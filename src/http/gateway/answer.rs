@@ -6,6 +6,8 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
+use serde::de::{Deserialize, Deserializer, MapAccess};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::http::AppState;
@@ -68,46 +70,96 @@ async fn record_later(state: AppState, source: Source, text: String) {
 /// A prediction object as the inbox answers it: `urls.get` and `urls.cancel` name the inbox's
 /// routes under `base` (a client that follows them must not carry its inbox token to the
 /// platform; `urls.stream` stays the platform's), and with `starting`, an unfinished prediction
-/// says `starting` (see `create`). `None` if it is not a JSON object with a string `id`.
+/// says `starting` (see `create`). Every other member stays as it came, in its order, byte for
+/// byte. `None` if it is not a JSON object with a string `id`.
 pub(super) fn as_the_inbox_answers(
     body: &[u8],
     base: &str,
     starting: bool,
 ) -> Option<(String, Vec<u8>)> {
-    let mut object: Map<String, Value> = serde_json::from_slice(body).ok()?;
-    let id = object.get("id")?.as_str()?.to_owned();
-    if let Some(Value::Object(urls)) = object.get_mut("urls") {
-        let get = format!("{base}/v1/predictions/{id}");
-        urls.insert("cancel".into(), Value::String(format!("{get}/cancel")));
-        urls.insert("get".into(), Value::String(get));
-    }
-    if starting {
-        let finished = object
-            .get("status")
-            .and_then(Value::as_str)
-            .is_some_and(|status| crate::domain::Status::parse(status).is_terminal());
-        if !finished {
-            object.insert("status".into(), Value::String("starting".into()));
+    let members: Members<'_> = serde_json::from_slice(body).ok()?;
+    let id: String = members
+        .get("id")
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())?;
+    let mut out = String::with_capacity(body.len() + 2 * base.len() + 64);
+    out.push('{');
+    for (i, (key, raw)) in members.0.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(key).ok()?);
+        out.push(':');
+        match key.as_str() {
+            "urls" => out.push_str(&urls_naming_the_inbox(raw, base, &id)),
+            "status" if starting && !terminal(raw) => out.push_str("\"starting\""),
+            _ => out.push_str(raw.get()),
         }
     }
-    let bytes = serde_json::to_vec(&object).ok()?;
-    Some((id, bytes))
+    out.push('}');
+    Some((id, out.into_bytes()))
+}
+
+/// A JSON object's members as they came: in order, duplicates kept, each value its raw text.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'a> Members<'a> {
+    /// The last member named `key`, as a JSON reader takes it.
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// `urls` with `get` and `cancel` naming the inbox; as it came if it is not an object.
+fn urls_naming_the_inbox(raw: &RawValue, base: &str, id: &str) -> String {
+    let Ok(mut urls) = serde_json::from_str::<Map<String, Value>>(raw.get()) else {
+        return raw.get().to_owned();
+    };
+    let get = format!("{base}/v1/predictions/{id}");
+    urls.insert("cancel".into(), Value::String(format!("{get}/cancel")));
+    urls.insert("get".into(), Value::String(get));
+    serde_json::to_string(&urls).unwrap_or_else(|_| raw.get().to_owned())
+}
+
+fn terminal(status: &RawValue) -> bool {
+    serde_json::from_str::<&str>(status.get())
+        .is_ok_and(|status| crate::domain::Status::parse(status).is_terminal())
 }
 
 /// The platform's own answer, passed on as it came: its status, its problem body, and the
 /// `Retry-After` of a `429` or `503`.
-pub(super) fn passed_on(answer: Answer) -> Response {
-    let mut response = Response::new(Body::from(answer.body));
+pub(super) fn passed_on(answer: &Answer) -> Response {
+    let mut response = Response::new(Body::from(answer.body.clone()));
     *response.status_mut() = answer.status;
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         answer
             .content_type
+            .clone()
             .unwrap_or(HeaderValue::from_static("application/json")),
     );
-    if let Some(retry_after) = answer.retry_after {
-        headers.insert(header::RETRY_AFTER, retry_after);
+    if let Some(retry_after) = &answer.retry_after {
+        headers.insert(header::RETRY_AFTER, retry_after.clone());
     }
     response
 }
@@ -148,7 +200,13 @@ mod tests {
         );
         let done = br#"{"id":"p1","status":"succeeded"}"#;
         let (_, bytes) = as_the_inbox_answers(done, "", true).unwrap();
-        assert!(String::from_utf8(bytes).unwrap().contains("succeeded"));
+        assert_eq!(bytes, done);
         assert!(as_the_inbox_answers(b"[1]", "", false).is_none());
+        // Every other member as it came: order, spacing inside values, numbers no double holds,
+        // duplicate keys.
+        let odd =
+            br#"{"z":1,"id":"p2","n":123456789012345678901234567890,"a":{"b" : [1, 2]},"z":2}"#;
+        let (_, bytes) = as_the_inbox_answers(odd, "x", false).unwrap();
+        assert_eq!(bytes, odd);
     }
 }

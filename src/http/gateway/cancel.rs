@@ -57,13 +57,13 @@ pub(super) async fn cancel(
         )
         .await?;
     if !answer.status.is_success() {
-        return Ok(passed_on(answer));
+        return Ok(passed_on(&answer));
     }
     answer::record(&state, Source::Cancel, &answer.body).await;
     Ok(
         match as_the_inbox_answers(&answer.body, &base_url(&state, &headers), false) {
             Some((_, body)) => answer::json(answer.status, body),
-            None => passed_on(answer),
+            None => passed_on(&answer),
         },
     )
 }

@@ -2,21 +2,29 @@
 //! `POST /v1/deployments/{owner}/{name}/predictions`: forwarded with the inbox's webhook, recorded
 //! at once, and with `Prefer: wait`, answered from the inbox's own deliveries.
 
+use std::time::Instant;
+
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+use utoipa::ToSchema;
+use utoipa::openapi::{
+    self, ContentBuilder, HeaderBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type,
+};
 
 use super::answer::{self, as_the_inbox_answers, passed_on};
 use super::{Gateway, gateway, segment};
 use crate::http::auth::Creator;
-use crate::http::error::{PROBLEM_JSON, Problem};
-use crate::http::predictions::{PredictionObject, WaitPreference, wait_for_end};
+use crate::http::error::PROBLEM_JSON;
+use crate::http::predictions::{WaitPreference, wait_for_end};
 use crate::http::{ApiError, AppState, base_url};
 use crate::metrics;
 use crate::replicate::{
-    DEPLOYMENTS, MODELS, Operation, PREDICTIONS, Segment, UpstreamError, V1, VERSIONS,
+    Answer, DEPLOYMENTS, MODELS, Operation, PREDICTIONS, Segment, UpstreamError, V1, VERSIONS,
 };
 use crate::store::Source;
 
@@ -26,6 +34,99 @@ const WIRED_BY_THE_INBOX: [&str; 3] = ["webhook", "webhook_completed", "webhook_
 const EVERY_EVENT: [&str; 4] = ["start", "output", "logs", "completed"];
 /// Versions of a bare version id looked up under the allowed models, at most.
 const LOOKUPS_MAX: usize = 20;
+
+/// A create by version, as the platform takes it; other fields are passed on.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes JSON the gateway forwards, never builds
+pub(super) struct CreateByVersion {
+    /// A version id, `owner/name:id` or `owner/name`
+    version: String,
+    /// The model's input
+    #[schema(value_type = Object)]
+    input: Value,
+    /// Whether the platform should stream the output (see `urls.stream`)
+    stream: Option<bool>,
+}
+
+/// A create of a model's or a deployment's prediction, as the platform takes it; other fields
+/// are passed on.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes JSON the gateway forwards, never builds
+pub(super) struct CreateForModel {
+    /// The model's input
+    #[schema(value_type = Object)]
+    input: Value,
+    /// Whether the platform should stream the output (see `urls.stream`)
+    stream: Option<bool>,
+}
+
+/// What the three create routes answer, described once.
+pub(super) struct CreateAnswers;
+
+impl utoipa::IntoResponses for CreateAnswers {
+    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
+        let content = |media: &str, schema: &str| {
+            (
+                media.to_owned(),
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name(schema)))
+                    .build(),
+            )
+        };
+        let location = HeaderBuilder::new()
+            .schema(ObjectBuilder::new().schema_type(Type::String))
+            .description(Some(
+                "With `Prefer: wait`: the prediction's `GET` on the inbox",
+            ))
+            .build();
+        let (media, prediction) = content("application/json", "Prediction");
+        let created = ResponseBuilder::new()
+            .description("Created, and recorded: with `Prefer: wait`, as it stands when it finished or the wait ran out, an unfinished one as `starting`")
+            .content(media, prediction)
+            .header("Location", location)
+            .build();
+        let mut answers = BTreeMap::from([("201".to_owned(), created.into())]);
+        for (status, description) in [
+            (
+                "400",
+                "Not a JSON object, a field the inbox sets itself, or a malformed path segment",
+            ),
+            ("401", "No accepted bearer token"),
+            (
+                "403",
+                "A read-only token, or a model not in INBOX_ALLOWED_MODELS",
+            ),
+            (
+                "404",
+                "A path segment `.` or `..`, or the platform knows no such model or deployment",
+            ),
+            ("413", "The body is larger than INBOX_MAX_BODY_BYTES"),
+            (
+                "422",
+                "Refused by the platform, as any error it answers: its status and problem, passed on",
+            ),
+            ("429", "The platform's rate limit, with its `Retry-After`"),
+            ("501", "REPLICATE_API_TOKEN is not set"),
+            (
+                "502",
+                "The platform could not be reached, or refused the inbox's own token",
+            ),
+            (
+                "503",
+                "Too many bodies in flight, or the platform unavailable (its `Retry-After`)",
+            ),
+            ("504", "The platform did not answer in time"),
+        ] {
+            let (media, schema) = content(PROBLEM_JSON, "Problem");
+            let answer = ResponseBuilder::new()
+                .description(description)
+                .content(media, schema)
+                .build();
+            answers.insert(status.to_owned(), answer.into());
+        }
+        answers
+    }
+}
 
 /// What a create names: a version (in the body), a model, or a deployment.
 enum Target<'a> {
@@ -45,20 +146,8 @@ enum Target<'a> {
         ("Prefer" = Option<String>, Header, description = "`wait` or `wait=N` (1..60): hold the answer until the prediction is terminal or N seconds pass; an unfinished one is answered as `starting`"),
         ("Cancel-After" = Option<String>, Header, description = "Passed to the platform: a deadline after which the prediction is canceled (or `aborted`, if it had not started)"),
     ),
-    request_body(content = Object, description = "As the platform takes it (`version`, `input`, `stream`), without `webhook`, `webhook_completed` or `webhook_events_filter`"),
-    responses(
-        (status = 201, description = "Created, and recorded", body = PredictionObject,
-            headers(("Location" = String, description = "With `Prefer: wait`: the prediction's `GET` on the inbox"))),
-        (status = 400, description = "Not a JSON object, or a field the inbox sets itself", body = Problem, content_type = PROBLEM_JSON),
-        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "A read-only token, or a model not in INBOX_ALLOWED_MODELS", body = Problem, content_type = PROBLEM_JSON),
-        (status = 413, description = "The body is larger than INBOX_MAX_BODY_BYTES", body = Problem, content_type = PROBLEM_JSON),
-        (status = 422, description = "Refused by the platform (its status and problem are passed on, as for any error it answers)", body = Problem, content_type = PROBLEM_JSON),
-        (status = 429, description = "The platform's rate limit, with its `Retry-After`", body = Problem, content_type = PROBLEM_JSON),
-        (status = 501, description = "REPLICATE_API_TOKEN is not set", body = Problem, content_type = PROBLEM_JSON),
-        (status = 502, description = "The platform could not be reached, or refused the inbox's own token", body = Problem, content_type = PROBLEM_JSON),
-        (status = 504, description = "The platform did not answer in time", body = Problem, content_type = PROBLEM_JSON),
-    ),
+    request_body(content = CreateByVersion, description = "As the platform takes it, without `webhook`, `webhook_completed` or `webhook_events_filter`: the inbox sets those"),
+    responses(CreateAnswers),
 )]
 pub(super) async fn by_version(
     Creator(caller): Creator,
@@ -77,20 +166,13 @@ pub(super) async fn by_version(
     tag = "gateway",
     security(("bearer" = [])),
     params(
-        ("owner" = String, Path, description = "`[A-Za-z0-9._-]+`"),
-        ("name" = String, Path, description = "`[A-Za-z0-9._-]+`"),
+        ("owner" = String, Path, pattern = "^[A-Za-z0-9._-]+$"),
+        ("name" = String, Path, pattern = "^[A-Za-z0-9._-]+$"),
         ("Prefer" = Option<String>, Header, description = "As for `POST /v1/predictions`"),
         ("Cancel-After" = Option<String>, Header, description = "Passed to the platform"),
     ),
-    request_body(content = Object, description = "As for `POST /v1/predictions`, without `version`"),
-    responses(
-        (status = 201, description = "Created, and recorded", body = PredictionObject),
-        (status = 400, description = "Not a JSON object, a field the inbox sets itself, or a malformed path segment", body = Problem, content_type = PROBLEM_JSON),
-        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "A read-only token, or a model not in INBOX_ALLOWED_MODELS", body = Problem, content_type = PROBLEM_JSON),
-        (status = 501, description = "REPLICATE_API_TOKEN is not set", body = Problem, content_type = PROBLEM_JSON),
-        (status = 502, description = "The platform could not be reached, or refused the inbox's own token", body = Problem, content_type = PROBLEM_JSON),
-    ),
+    request_body(content = CreateForModel, description = "As the platform takes it, without `webhook`, `webhook_completed` or `webhook_events_filter`: the inbox sets those"),
+    responses(CreateAnswers),
 )]
 pub(super) async fn for_model(
     Creator(caller): Creator,
@@ -111,20 +193,13 @@ pub(super) async fn for_model(
     tag = "gateway",
     security(("bearer" = [])),
     params(
-        ("owner" = String, Path, description = "`[A-Za-z0-9._-]+`"),
-        ("name" = String, Path, description = "`[A-Za-z0-9._-]+`"),
+        ("owner" = String, Path, pattern = "^[A-Za-z0-9._-]+$"),
+        ("name" = String, Path, pattern = "^[A-Za-z0-9._-]+$"),
         ("Prefer" = Option<String>, Header, description = "As for `POST /v1/predictions`"),
         ("Cancel-After" = Option<String>, Header, description = "Passed to the platform"),
     ),
-    request_body(content = Object, description = "As for `POST /v1/predictions`, without `version`"),
-    responses(
-        (status = 201, description = "Created, and recorded", body = PredictionObject),
-        (status = 400, description = "Not a JSON object, a field the inbox sets itself, or a malformed path segment", body = Problem, content_type = PROBLEM_JSON),
-        (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM_JSON),
-        (status = 403, description = "A read-only token, or a deployment whose `owner/name` is not in INBOX_ALLOWED_MODELS", body = Problem, content_type = PROBLEM_JSON),
-        (status = 501, description = "REPLICATE_API_TOKEN is not set", body = Problem, content_type = PROBLEM_JSON),
-        (status = 502, description = "The platform could not be reached, or refused the inbox's own token", body = Problem, content_type = PROBLEM_JSON),
-    ),
+    request_body(content = CreateForModel, description = "As the platform takes it, without `webhook`, `webhook_completed` or `webhook_events_filter`: the inbox sets those"),
+    responses(CreateAnswers),
 )]
 pub(super) async fn for_deployment(
     Creator(caller): Creator,
@@ -190,6 +265,7 @@ async fn create(
     let body = serde_json::to_vec(&request)
         .map_err(|_| ApiError::BadRequest("the body could not be forwarded".into()))?;
     drop(request);
+    let calling = Instant::now();
     let answered = gateway
         .platform
         .call(
@@ -201,11 +277,12 @@ async fn create(
         )
         .await;
     drop(held);
+    let upstream = calling.elapsed();
     let answer = match answered {
         Ok(answer) if answer.status.is_success() => answer,
         Ok(answer) => {
             metrics::create("upstream_error");
-            return Ok(passed_on(answer));
+            return Ok(passed_on(&answer));
         }
         Err(error) => {
             metrics::create("upstream_error");
@@ -214,17 +291,41 @@ async fn create(
     };
     // From here the prediction exists and bills: the caller gets the platform's success whatever
     // happens to the inbox's own record, so that no retry of theirs creates a second one.
+    let recording = Instant::now();
     let recorded = answer::record(state, Source::Create, &answer.body).await;
     metrics::create(if recorded { "created" } else { "unrecorded" });
-    let base = base_url(state, &headers);
+    // What the create spent where, for callers and benchmarks (`benches/gateway.rs`): the call
+    // to the platform and the local commit; the rest is the inbox's own.
+    let timing = format!(
+        "upstream;dur={:.3}, commit;dur={:.3}",
+        upstream.as_secs_f64() * 1e3,
+        recording.elapsed().as_secs_f64() * 1e3
+    );
+    let mut response = answered_to_the_caller(state, &answer, &headers, wait, caller).await;
+    if let Ok(timing) = HeaderValue::from_str(&timing) {
+        response.headers_mut().insert("server-timing", timing);
+    }
+    Ok(response)
+}
+
+/// What the caller of a create the platform answered with success gets: the prediction, with
+/// `Prefer: wait` as it stands when it finishes or the wait runs out.
+async fn answered_to_the_caller(
+    state: &AppState,
+    answer: &Answer,
+    headers: &HeaderMap,
+    wait: Option<u64>,
+    caller: usize,
+) -> Response {
+    let base = base_url(state, headers);
     let Some(wait) = wait else {
-        return Ok(match as_the_inbox_answers(&answer.body, &base, false) {
+        return match as_the_inbox_answers(&answer.body, &base, false) {
             Some((_, body)) => answer::json(answer.status, body),
             None => passed_on(answer),
-        });
+        };
     };
     let Some((id, _)) = as_the_inbox_answers(&answer.body, &base, false) else {
-        return Ok(passed_on(answer));
+        return passed_on(answer);
     };
     // As the platform's sync mode: held until the inbox's own deliveries make it terminal or the
     // wait runs out, then the state it has.
@@ -237,7 +338,7 @@ async fn create(
     };
     let latest = found.map_or_else(|| answer.body.to_vec(), |found| found.body.into_bytes());
     let Some((_, body)) = as_the_inbox_answers(&latest, &base, true) else {
-        return Ok(passed_on(answer));
+        return passed_on(answer);
     };
     let mut response = answer::json(answer.status, body);
     let headers = response.headers_mut();
@@ -247,7 +348,7 @@ async fn create(
     if let Ok(applied) = HeaderValue::from_str(&format!("wait={applied}")) {
         headers.insert("preference-applied", applied);
     }
-    Ok(response)
+    response
 }
 
 /// Refuses a create that `INBOX_ALLOWED_MODELS` does not allow. A deployment is matched by its own

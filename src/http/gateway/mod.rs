@@ -11,6 +11,7 @@
 mod answer;
 mod cancel;
 mod create;
+mod links;
 mod models;
 mod relay;
 
@@ -21,6 +22,8 @@ use super::{ApiError, AppState, Settings, timeout};
 use crate::replicate::{Platform, Segment};
 
 pub use models::AllowedModels;
+
+pub(super) use links::InboxLinks;
 
 /// What the gateway works with, when `REPLICATE_API_TOKEN` is set.
 pub struct Gateway {
@@ -61,11 +64,17 @@ fn gateway(state: &AppState) -> Result<&Gateway, ApiError> {
     ))
 }
 
-/// A path parameter that is forwarded to the platform, checked as a [`Segment`].
+/// A path parameter that is forwarded to the platform, checked as a [`Segment`]: `400` for one
+/// with other characters (the routes' descriptions give the pattern, `^[A-Za-z0-9._-]+$`),
+/// `404` for `.` and `..`, which name nothing of the platform's.
 fn segment<'a>(name: &str, value: &'a str) -> Result<Segment<'a>, ApiError> {
-    Segment::parse(value).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "`{name}` must be letters, digits, `.`, `_` or `-` (and not `.` or `..`)"
-        ))
-    })
+    if let Some(segment) = Segment::parse(value) {
+        return Ok(segment);
+    }
+    if value == "." || value == ".." {
+        return Err(ApiError::NotFound(format!("no {name} is called `{value}`")));
+    }
+    Err(ApiError::BadRequest(format!(
+        "`{name}` must be letters, digits, `.`, `_` or `-`"
+    )))
 }

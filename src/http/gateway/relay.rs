@@ -19,6 +19,22 @@ use crate::replicate::{FILES, MODELS, Operation, V1, VERSIONS};
 /// platform, not the file, which streams through.
 const UPLOAD_IN_FLIGHT: usize = 1024 * 1024;
 
+/// A file upload, as the platform takes it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // describes what the gateway streams through, never builds
+pub(super) struct FileUpload {
+    /// The file's bytes
+    #[schema(value_type = String, format = Binary)]
+    content: Vec<u8>,
+    filename: Option<String>,
+    /// Its media type
+    #[schema(rename = "type")]
+    content_type: Option<String>,
+    /// Any JSON object, kept with the file
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
+}
+
 /// A version of a model, as the platform answers it.
 #[utoipa::path(
     get,
@@ -26,9 +42,9 @@ const UPLOAD_IN_FLIGHT: usize = 1024 * 1024;
     tag = "gateway",
     security(("bearer" = [])),
     params(
-        ("owner" = String, Path, description = "`[A-Za-z0-9._-]+`"),
-        ("name" = String, Path, description = "`[A-Za-z0-9._-]+`"),
-        ("id" = String, Path, description = "`[A-Za-z0-9._-]+`"),
+        ("owner" = String, Path, pattern = "^[A-Za-z0-9._-]+$"),
+        ("name" = String, Path, pattern = "^[A-Za-z0-9._-]+$"),
+        ("id" = String, Path, pattern = "^[A-Za-z0-9._-]+$"),
     ),
     responses(
         (status = 200, description = "The platform's answer, passed through", content_type = "application/json"),
@@ -73,9 +89,11 @@ pub(super) async fn version(
     path = "/v1/files",
     tag = "gateway",
     security(("bearer" = [])),
-    request_body(content = String, content_type = "multipart/form-data", description = "As the platform takes it; at most INBOX_MAX_BODY_BYTES"),
+    request_body(content = FileUpload, content_type = "multipart/form-data", description = "As the platform takes it; at most INBOX_MAX_BODY_BYTES"),
     responses(
         (status = 201, description = "The platform's answer, passed through", content_type = "application/json"),
+        (status = 400, description = "Refused by the platform (its status and problem are passed on, as for any error it answers)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Refused by the platform: no `content`", body = Problem, content_type = PROBLEM_JSON),
         (status = 401, description = "No accepted bearer token", body = Problem, content_type = PROBLEM_JSON),
         (status = 403, description = "A read-only token", body = Problem, content_type = PROBLEM_JSON),
         (status = 413, description = "Larger than INBOX_MAX_BODY_BYTES", body = Problem, content_type = PROBLEM_JSON),

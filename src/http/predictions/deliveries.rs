@@ -29,6 +29,7 @@ pub(super) struct HistoryParams {
     /// `body`: add each body still kept, as received (a page then ends before its bodies pass
     /// 16 MiB, after at least one)
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[param(pattern = "^body$")]
     include: Option<String>,
     /// Page size; 100 by default
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,7 +105,13 @@ pub(super) async fn history(
         Some(_) => return Err(ApiError::BadRequest("`include` may only be `body`".into())),
     };
     let limit = page_size(params.limit.as_deref())?;
-    let after = params.cursor.as_deref().map(decode).transpose()?;
+    // An empty cursor is none: the first page.
+    let after = params
+        .cursor
+        .as_deref()
+        .filter(|cursor| !cursor.is_empty())
+        .map(decode)
+        .transpose()?;
     let first_page = after.is_none();
     let mut rows = state
         .store

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::{MAX_WAIT_SECS, PredictionObject, json, not_received, receivable};
 use crate::http::auth::Authenticated;
 use crate::http::error::{PROBLEM_JSON, Problem};
-use crate::http::{ApiError, AppState};
+use crate::http::{ApiError, AppState, InboxLinks};
 use crate::store::{StoreError, StoredPrediction};
 use crate::waiters::Interest;
 
@@ -39,23 +39,24 @@ pub(super) async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
     WaitPreference(wait): WaitPreference,
+    links: InboxLinks,
 ) -> Result<Response, ApiError> {
     let id = receivable(id)?;
-    read_or_wait(&state, &id, wait, caller).await
-}
-
-async fn read_or_wait(
-    state: &AppState,
-    id: &str,
-    wait: Option<u64>,
-    caller: usize,
-) -> Result<Response, ApiError> {
-    let Some(wait) = wait else {
-        let read = bounded(state.settings.request_timeout, state.store.prediction(id));
-        return Ok(answer(read.await?, None));
+    let (found, applied) = match wait {
+        None => {
+            let read = bounded(state.settings.request_timeout, state.store.prediction(&id));
+            (read.await?, None)
+        }
+        Some(wait) => {
+            let (found, applied) = wait_for_end(&state, &id, wait, caller).await?;
+            (found, Some(applied))
+        }
     };
-    let (found, applied) = wait_for_end(state, id, wait, caller).await?;
-    Ok(answer(found, Some(applied)))
+    let found = found.map(|mut found| {
+        found.body = links.apply(&state, found.body);
+        found
+    });
+    Ok(answer(found, applied))
 }
 
 /// Holds the request until prediction `id` is terminal or `wait` seconds pass (or the service

@@ -13,7 +13,7 @@ use super::{PredictionList, json, page_size};
 use crate::domain::nul_free;
 use crate::http::auth::Authenticated;
 use crate::http::error::{PROBLEM_JSON, Problem};
-use crate::http::{ApiError, AppState, base_url};
+use crate::http::{ApiError, AppState, InboxLinks, base_url};
 use crate::store::{Direction, ListQuery, Page, Position, StoredPrediction};
 
 /// The list's query string. Everything arrives as text so that each bad value gets its own message.
@@ -64,6 +64,7 @@ pub(super) async fn list(
     _: Authenticated,
     State(state): State<AppState>,
     headers: HeaderMap,
+    links: InboxLinks,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
     for (name, value) in [
@@ -91,15 +92,20 @@ pub(super) async fn list(
             .as_deref()
             .map(|t| timestamp("created_before", t))
             .transpose()?,
+        // An empty cursor is none: the first page.
         from: params
             .cursor
             .as_deref()
+            .filter(|cursor| !cursor.is_empty())
             .map(Cursor::decode)
             .transpose()?
             .map(|c| (c.direction, c.position)),
         limit: page_size(params.limit.as_deref())?,
     };
-    let page = state.store.list(&query).await?;
+    let mut page = state.store.list(&query).await?;
+    for item in &mut page.items {
+        item.body = links.apply(&state, std::mem::take(&mut item.body));
+    }
 
     let base = base_url(&state, &headers);
     let link = |direction, position: Option<Position>| {

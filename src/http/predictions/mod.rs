@@ -56,10 +56,11 @@ pub struct PredictionObject {
     status: Option<String>,
     model: Option<String>,
     version: Option<String>,
-    #[schema(value_type = Object)]
+    /// Any JSON
+    #[schema(schema_with = any_json)]
     input: Option<serde_json::Value>,
     /// Any JSON; often null until the prediction succeeds
-    #[schema(value_type = Object)]
+    #[schema(schema_with = any_json)]
     output: Option<serde_json::Value>,
     logs: Option<String>,
     error: Option<String>,
@@ -69,10 +70,17 @@ pub struct PredictionObject {
     started_at: Option<String>,
     completed_at: Option<String>,
     /// `get`, `cancel`, `web`, and `stream` for streaming models
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     urls: Option<serde_json::Value>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     metrics: Option<serde_json::Value>,
+}
+
+/// Any JSON value: a schema without a type.
+pub(super) fn any_json() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
+        .build()
 }
 
 /// A page of the list, like the platform's own.

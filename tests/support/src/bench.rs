@@ -66,6 +66,14 @@ fn remove_sqlite(path: &str) {
     }
 }
 
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// The positional arguments after `cargo bench --bench NAME --`; cargo's own `--bench` flag,
 /// which it passes on, is not one.
 pub fn args() -> Vec<String> {
@@ -83,11 +91,11 @@ pub struct Service {
 impl Service {
     /// The release binary over `database_url`, with `env` added to the settings.
     pub fn start(database_url: &str, env: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Self::start_on(free_port(), database_url, env)
+    }
+
+    /// As `start`, listening on `port`: for settings that name the service's own address.
+    pub fn start_on(port: u16, database_url: &str, env: &[(&str, &str)]) -> Self {
         let binary = crate::service::binary();
         let binary = binary.to_str().expect("a UTF-8 path");
         // A profiler to run the service under, e.g. `valgrind --tool=massif`.

@@ -48,6 +48,18 @@ pub enum WebhookFault {
     Delay(Duration),
 }
 
+/// One attempt at a webhook.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub prediction_id: String,
+    pub event: String,
+    pub webhook_id: String,
+    /// The answer's status; 0: none.
+    pub status: u16,
+    /// When the answer came: after the receiver's commit, for one that acknowledges only then.
+    pub answered_at: std::time::SystemTime,
+}
+
 /// One request the fake was sent.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -78,8 +90,8 @@ struct Inner {
     order: Mutex<Vec<String>>,
     seen: Mutex<Vec<Seen>>,
     faults: Mutex<Faults>,
-    /// Signed webhooks sent, by their answer's status (0: no answer).
-    sent: Mutex<Vec<(String, u16)>>,
+    /// Signed webhooks sent, each attempt.
+    sent: Mutex<Vec<Sent>>,
     changed: Notify,
     http: reqwest::Client,
     /// The terminal webhook's retry delays (the platform's span about a minute in all).
@@ -175,8 +187,8 @@ impl FakeReplicate {
         lock(&self.0.faults).slow = delay;
     }
 
-    /// Signed webhooks sent so far: `webhook-id` and the status they were answered with.
-    pub fn webhooks_sent(&self) -> Vec<(String, u16)> {
+    /// Every attempt at a signed webhook so far.
+    pub fn webhooks_sent(&self) -> Vec<Sent> {
         lock(&self.0.sent).clone()
     }
 
@@ -297,6 +309,10 @@ impl FakeReplicate {
         let webhook_id = format!("msg_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let terminal = event == "completed";
         let fake = self.clone();
+        let (prediction_id, event) = (
+            prediction["id"].as_str().unwrap_or_default().to_owned(),
+            event.to_owned(),
+        );
         let send = async move {
             match fault {
                 Some(WebhookFault::Drop) => return,
@@ -309,7 +325,14 @@ impl FakeReplicate {
                 1
             };
             for _ in 0..copies {
-                fake.deliver(&url, &webhook_id, &body, terminal).await;
+                let sent = Sent {
+                    prediction_id: prediction_id.clone(),
+                    event: event.clone(),
+                    webhook_id: webhook_id.clone(),
+                    status: 0,
+                    answered_at: std::time::SystemTime::now(),
+                };
+                fake.deliver(&url, sent, &body, terminal).await;
             }
         };
         match fault {
@@ -321,7 +344,8 @@ impl FakeReplicate {
         }
     }
 
-    async fn deliver(&self, url: &str, webhook_id: &str, body: &[u8], retried: bool) {
+    async fn deliver(&self, url: &str, mut sent: Sent, body: &[u8], retried: bool) {
+        let webhook_id = sent.webhook_id.clone();
         let attempts = if retried {
             self.0.retry_delays.len() + 1
         } else {
@@ -332,12 +356,12 @@ impl FakeReplicate {
                 tokio::time::sleep(self.0.retry_delays[attempt - 1]).await;
             }
             let timestamp = super::now();
-            let signature = self.0.secret.sign(webhook_id, timestamp, body);
+            let signature = self.0.secret.sign(&webhook_id, timestamp, body);
             let answer = self
                 .0
                 .http
                 .post(url)
-                .header("webhook-id", webhook_id)
+                .header("webhook-id", &webhook_id)
                 .header("webhook-timestamp", timestamp.to_string())
                 .header("webhook-signature", signature)
                 .header("content-type", "application/json")
@@ -346,7 +370,9 @@ impl FakeReplicate {
                 .send()
                 .await;
             let status = answer.as_ref().map_or(0, |a| a.status().as_u16());
-            lock(&self.0.sent).push((webhook_id.to_owned(), status));
+            sent.status = status;
+            sent.answered_at = std::time::SystemTime::now();
+            lock(&self.0.sent).push(sent.clone());
             if (200..300).contains(&status) {
                 return;
             }
@@ -363,6 +389,21 @@ impl FakeReplicate {
         let Ok(request) = serde_json::from_slice::<Value>(body) else {
             return problem(StatusCode::BAD_REQUEST, "The body is not JSON.");
         };
+        if !request["input"].is_object() {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "- input: input is required",
+            );
+        }
+        if request
+            .get("stream")
+            .is_some_and(|stream| !stream.is_boolean())
+        {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "- stream: must be a boolean",
+            );
+        }
         let (model, version) = match (model, request["version"].as_str()) {
             (Some((owner, name)), _) => (format!("{owner}/{name}"), "hidden".to_owned()),
             (None, Some(version)) => match version.split_once(':') {
@@ -597,6 +638,26 @@ async fn upload(State(fake): State<FakeReplicate>, headers: HeaderMap, body: Byt
     if !multipart {
         return problem(StatusCode::BAD_REQUEST, "Expected multipart/form-data.");
     }
+    let parts = multipart_parts(&headers, &body);
+    if !parts.iter().any(|(name, _)| name == "content") {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "- content: content is required",
+        );
+    }
+    let metadata_is_an_object =
+        parts
+            .iter()
+            .filter(|(name, _)| name == "metadata")
+            .all(|(_, value)| {
+                serde_json::from_slice::<Value>(value).is_ok_and(|v| v.is_object() || v.is_null())
+            });
+    if !metadata_is_an_object {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "- metadata: must be a JSON object",
+        );
+    }
     let id = new_id();
     (
         StatusCode::CREATED,
@@ -614,6 +675,26 @@ async fn upload(State(fake): State<FakeReplicate>, headers: HeaderMap, body: Byt
         })),
     )
         .into_response()
+}
+
+/// The named parts of a `multipart/form-data` body, roughly as a server reads them.
+fn multipart_parts(headers: &HeaderMap, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let Some(boundary) = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("boundary=").nth(1))
+        .map(|b| format!("--{}", b.trim_matches('"')))
+    else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(body);
+    text.split(boundary.as_str())
+        .filter_map(|part| {
+            let (head, value) = part.split_once("\r\n\r\n")?;
+            let name = head.split("name=\"").nth(1)?.split('"').next()?.to_owned();
+            Some((name, value.trim_end_matches("\r\n").as_bytes().to_vec()))
+        })
+        .collect()
 }
 
 /// What an attacker who could make the inbox call this with the account's token would get.

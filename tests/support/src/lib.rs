@@ -451,11 +451,7 @@ pub async fn start_gateway(
     fake: &fake_replicate::FakeReplicate,
     overrides: &[(&str, &str)],
 ) -> Instance {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", bench::free_port());
     let webhook = format!("http://{listen}/webhooks/replicate");
     let mut all = vec![
         ("INBOX_LISTEN", listen.as_str()),
@@ -467,6 +463,22 @@ pub async fn start_gateway(
     all.retain(|(key, _)| !overrides.iter().any(|(k, _)| k == key));
     all.extend_from_slice(overrides);
     start(database_url, &all, None).await
+}
+
+/// A program of the Python virtualenv that `tests/setup.sh` makes under `target/clients` (the
+/// official client, schemathesis); a test that needs one fails, naming the script, without it.
+pub fn venv_program(name: &str) -> PathBuf {
+    let program = target_profile()
+        .parent()
+        .expect("the target folder")
+        .join("clients/venv/bin")
+        .join(name);
+    assert!(
+        program.exists(),
+        "{} is not installed: run tests/setup.sh",
+        program.display()
+    );
+    program
 }
 
 pub fn now() -> i64 {
