@@ -11,6 +11,7 @@ pub mod http;
 pub mod ingest;
 pub mod memory;
 pub mod metrics;
+pub mod reconcile;
 pub mod replicate;
 pub mod retention;
 pub mod sample;

@@ -28,6 +28,7 @@ pub const PRUNED: &str = "inbox_pruned_total";
 pub const UPSTREAM_REQUESTS: &str = "inbox_upstream_requests_total";
 pub const UPSTREAM_DURATION: &str = "inbox_upstream_duration_seconds";
 pub const CREATES: &str = "inbox_creates_total";
+pub const RECONCILED: &str = "inbox_reconciled_total";
 
 /// Seconds; from well under a millisecond (an ingest) to a full `Prefer: wait`.
 const BUCKETS: &[f64] = &[
@@ -129,6 +130,10 @@ fn describe() {
     describe_counter!(
         CREATES,
         "Creates through the gateway, by outcome (created, refused: by the inbox before any call, upstream_error: the platform answered an error or none, unrecorded: created but its first state not yet recorded)"
+    );
+    describe_counter!(
+        RECONCILED,
+        "Predictions the reconciler read from the platform, by what came of it (advanced: recorded, unchanged, missing: 404, marked: no longer read, skipped: urls.get is not the platform's)"
     );
     describe_histogram!(
         BATCH_SIZE,
@@ -289,6 +294,11 @@ pub fn body_budget((shared, reserve): (usize, usize)) {
 pub fn upstream(operation: &'static str, outcome: &'static str, elapsed: Duration) {
     counter!(UPSTREAM_REQUESTS, "operation" => operation, "outcome" => outcome).increment(1);
     histogram!(UPSTREAM_DURATION, "operation" => operation).record(elapsed.as_secs_f64());
+}
+
+/// One prediction the reconciler dealt with.
+pub fn reconciled(outcome: &'static str) {
+    counter!(RECONCILED, "outcome" => outcome).increment(1);
 }
 
 /// One create through the gateway.

@@ -89,6 +89,7 @@ pub const MODELS: Segment<'static> = Segment::literal("models");
 pub const DEPLOYMENTS: Segment<'static> = Segment::literal("deployments");
 pub const VERSIONS: Segment<'static> = Segment::literal("versions");
 pub const FILES: Segment<'static> = Segment::literal("files");
+pub const TRAININGS: Segment<'static> = Segment::literal("trainings");
 pub const CANCEL: Segment<'static> = Segment::literal("cancel");
 
 /// What the service asks of the platform, for metrics and logs.
@@ -195,6 +196,23 @@ impl Platform {
             path.extend(segments.iter().map(Segment::as_str));
         }
         url
+    }
+
+    /// The path segments of `url` under the API's base, if `url` is on the API: the same scheme,
+    /// host and port, below the base's path. Anything else (another host, another port, `http`
+    /// for `https`) is not the platform's.
+    pub fn api_path(&self, url: &Url) -> Option<Vec<String>> {
+        if url.origin() != self.base.origin() {
+            return None;
+        }
+        let base: Vec<&str> = self
+            .base
+            .path_segments()?
+            .filter(|s| !s.is_empty())
+            .collect();
+        let path: Vec<&str> = url.path_segments()?.collect();
+        let rest = path.strip_prefix(base.as_slice())?;
+        Some(rest.iter().map(|s| (*s).to_owned()).collect())
     }
 
     /// Sends one request and reads its answer whole (up to `MAX_ANSWER_BYTES`).
@@ -384,6 +402,19 @@ mod tests {
             platform.url(&segments).as_str(),
             "http://127.0.0.1:9/base/v1/models/a/b"
         );
+        let on = |url: &str| platform.api_path(&Url::parse(url).unwrap());
+        assert_eq!(
+            on("http://127.0.0.1:9/base/v1/predictions/x"),
+            Some(vec!["v1".into(), "predictions".into(), "x".into()])
+        );
+        for elsewhere in [
+            "http://127.0.0.1:10/base/v1/predictions/x",
+            "https://127.0.0.1:9/base/v1/predictions/x",
+            "http://localhost:9/base/v1/predictions/x",
+            "http://127.0.0.1:9/other/v1/predictions/x",
+        ] {
+            assert_eq!(on(elsewhere), None, "{elsewhere}");
+        }
         let settings = format!("{:?}", AccountToken::new("r8_secret".into()));
         assert!(!settings.contains("r8_secret"));
     }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::http::{self, BodyBudget, Gateway};
 use crate::ingest::{Faults, Writer};
+use crate::reconcile::Reconciler;
 use crate::replicate::Platform;
 use crate::retention;
 use crate::store::{self, DatabaseUrl, Store, StoreError};
@@ -117,6 +118,18 @@ impl Application {
                     webhook = platform.webhook_url(),
                     "creating through the inbox is on"
                 );
+                if let Some(reconcile) = settings.reconcile {
+                    let reconciler = Arc::new(Reconciler::new(
+                        store.clone(),
+                        platform.clone(),
+                        writer.clone(),
+                        reconcile,
+                        worker_id(),
+                    ));
+                    supervisor.spawn("reconciler", Role::Auxiliary, move |stop| {
+                        until_stopped(stop, reconciler.clone().run())
+                    });
+                }
                 Some(Gateway::new(platform, settings.allowed_models.clone()))
             }
             None => None,

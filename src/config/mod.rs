@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::http::{AllowedModels, ApiTokens};
+use crate::reconcile;
 use crate::replicate::{self, AccountToken};
 use crate::retention::{self, Policy};
 use crate::store::DatabaseUrl;
@@ -208,6 +209,20 @@ impl Source {
         Ok(Some(settings))
     }
 
+    /// `INBOX_RECONCILE_AFTER` (`0`: off) and `INBOX_RECONCILE_RPS`.
+    fn reconcile(&self) -> Result<Option<reconcile::Settings>, ConfigError> {
+        let key = "INBOX_RECONCILE_AFTER";
+        let text = self.get(key).unwrap_or_else(|| "2m".to_owned());
+        let after = retention::parse_age(&text).ok_or_else(|| {
+            ConfigError::new(
+                key,
+                "must be 0 (off) or a whole number and a unit: 2m, 90s, 1h",
+            )
+        })?;
+        let rps = self.positive("INBOX_RECONCILE_RPS", 10, "reads a second")?;
+        Ok(after.map(|after| reconcile::Settings { after, rps }))
+    }
+
     pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
         self.parsed("INBOX_LOG_FORMAT", LogFormat::Text, "`text` or `json`")
     }
@@ -254,6 +269,8 @@ pub struct Settings {
     pub retention: Policy,
     /// The platform's API, when `REPLICATE_API_TOKEN` is set.
     pub gateway: Option<replicate::Settings>,
+    /// The reconciler, when the gateway is on and `INBOX_RECONCILE_AFTER` is not `0`.
+    pub reconcile: Option<reconcile::Settings>,
     pub allowed_models: Option<AllowedModels>,
 }
 
@@ -325,6 +342,7 @@ impl Settings {
                 create_tokens.iter().map(String::as_str),
             ),
             gateway: source.gateway(request_timeout)?,
+            reconcile: source.reconcile()?,
             allowed_models: source
                 .get("INBOX_ALLOWED_MODELS")
                 .map(|text| {
@@ -463,6 +481,8 @@ mod tests {
             ("INBOX_CREATE_TOKENS", "notasecret"),
             ("INBOX_ALLOWED_MODELS", "owner"),
             ("INBOX_ALLOWED_MODELS", "owner/name/extra"),
+            ("INBOX_RECONCILE_AFTER", "soon"),
+            ("INBOX_RECONCILE_RPS", "0"),
         ] {
             let error = error_with(&[(key, value)]);
             assert_eq!(error.key, key, "{value}");

@@ -143,6 +143,19 @@ pub trait Store: Send + Sync + 'static {
     /// Whether retention has ever run on this database.
     async fn has_pruned(&self) -> Result<bool, StoreError>;
 
+    /// Unfinished predictions unheard of since before `quiet_before` whose next read from the
+    /// platform is due at `now` (or that were never read), the longest-waiting first, at most
+    /// `limit`: their latest state and how their last reads went. Marked ones never come back.
+    async fn due_for_reconcile(
+        &self,
+        quiet_before: OffsetDateTime,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Due>, StoreError>;
+
+    /// When prediction `id` is to be read from the platform again, and how this read went.
+    async fn schedule_reconcile(&self, id: &str, next: &NextRead) -> Result<(), StoreError>;
+
     /// A feed of the ids of predictions whose change has been committed, by any process that
     /// shares this database.
     async fn change_feed(&self) -> Result<Box<dyn ChangeFeed>, StoreError>;
@@ -486,6 +499,45 @@ pub struct StoredDelivery {
     pub body_size: i64,
     pub body_kept: bool,
 }
+
+/// An unfinished prediction due to be read from the platform.
+#[derive(Debug)]
+pub struct Due {
+    pub prediction: StoredPrediction,
+    /// How its last reads went; `None` if it was never read.
+    pub last: Option<NextRead>,
+}
+
+/// A prediction's place in the reconciler's schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextRead {
+    pub at: OffsetDateTime,
+    /// The wait before it, doubled while the prediction stays unfinished.
+    pub interval: Duration,
+    /// Since when, and how many times in a row, the platform answered 404.
+    pub missing_since: Option<OffsetDateTime>,
+    pub missing: i32,
+    /// Why it is never read again, if it is not.
+    pub marked: Option<String>,
+}
+
+/// The reconciler's query on either backend: `$1` quiet before, `$2` now, `$3` limit, `$4` the
+/// terminal rank; times as each backend keeps them.
+const DUE_FOR_RECONCILE: &str = "\
+    SELECT p.id, p.status, p.created_at, BODY AS body, \
+           r.next_at, r.interval_ms, r.missing_since, r.missing \
+    FROM predictions AS p LEFT JOIN reconcile AS r ON r.prediction_id = p.id \
+    WHERE p.progress_rank < $4 AND p.updated_at < $1 \
+      AND (r.prediction_id IS NULL OR (r.marked IS NULL AND r.next_at <= $2)) \
+    ORDER BY coalesce(r.next_at, p.updated_at) LIMIT $3";
+
+/// Records a prediction's next read, on either backend.
+const SCHEDULE_RECONCILE: &str = "\
+    INSERT INTO reconcile (prediction_id, next_at, interval_ms, missing_since, missing, marked) \
+    VALUES ($1, $2, $3, $4, $5, $6) \
+    ON CONFLICT (prediction_id) DO UPDATE SET next_at = excluded.next_at, \
+        interval_ms = excluded.interval_ms, missing_since = excluded.missing_since, \
+        missing = excluded.missing, marked = excluded.marked";
 
 /// A place in the list (newest first by `created_at`, then `id`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,8 +17,9 @@ use tokio::time::Instant;
 
 use crate::domain::{Prediction, Status, from_unix_micros, unix_micros};
 use crate::store::{
-    self, ACQUIRE_TIMEOUT, Change, ChangeFeed, Cutoffs, HistoryQuery, ListQuery, NewDelivery,
-    Outcome, Page, Pruned, Slice, Store, StoreError, StoredDelivery, StoredPrediction, Walk,
+    self, ACQUIRE_TIMEOUT, Change, ChangeFeed, Cutoffs, Due, HistoryQuery, ListQuery, NewDelivery,
+    NextRead, Outcome, Page, Pruned, Slice, Store, StoreError, StoredDelivery, StoredPrediction,
+    Walk,
     keyset::{self, StatusIndex},
 };
 
@@ -303,6 +304,40 @@ impl Store for Sqlite {
         Ok(sqlx::query_scalar(store::HAS_PRUNED)
             .fetch_one(&self.readers)
             .await?)
+    }
+
+    async fn due_for_reconcile(
+        &self,
+        quiet_before: OffsetDateTime,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Due>, StoreError> {
+        let sql = store::DUE_FOR_RECONCILE.replace("BODY", "p.body");
+        let rows: Vec<DueRow> = sqlx::query_as(&sql)
+            .bind(unix_micros(quiet_before))
+            .bind(unix_micros(now))
+            .bind(i64::from(limit))
+            .bind(Status::TERMINAL_RANK)
+            .fetch_all(&self.readers)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(DueRow::into_due)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn schedule_reconcile(&self, id: &str, next: &NextRead) -> Result<(), StoreError> {
+        let interval_ms = i64::try_from(next.interval.as_millis()).unwrap_or(i64::MAX);
+        sqlx::query(store::SCHEDULE_RECONCILE)
+            .bind(id)
+            .bind(unix_micros(next.at))
+            .bind(interval_ms)
+            .bind(next.missing_since.map(unix_micros))
+            .bind(next.missing)
+            .bind(next.marked.as_deref())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
     async fn change_feed(&self) -> Result<Box<dyn ChangeFeed>, StoreError> {
@@ -613,6 +648,45 @@ impl Row {
             created_at,
             body: self.body,
         })
+    }
+}
+
+/// A row of `DUE_FOR_RECONCILE`, times in Unix microseconds.
+#[derive(sqlx::FromRow)]
+struct DueRow {
+    id: String,
+    status: Option<String>,
+    created_at: i64,
+    body: String,
+    next_at: Option<i64>,
+    interval_ms: Option<i64>,
+    missing_since: Option<i64>,
+    missing: Option<i32>,
+}
+
+impl DueRow {
+    fn into_due(self) -> Result<Due, sqlx::Error> {
+        let last = match (self.next_at, self.interval_ms) {
+            (Some(at), Some(interval_ms)) => Some(NextRead {
+                at: micros_to_time(at, "next_at")?,
+                interval: Duration::from_millis(interval_ms.unsigned_abs()),
+                missing_since: self
+                    .missing_since
+                    .map(|at| micros_to_time(at, "missing_since"))
+                    .transpose()?,
+                missing: self.missing.unwrap_or(0),
+                marked: None,
+            }),
+            _ => None,
+        };
+        let prediction = Row {
+            id: self.id,
+            status: self.status,
+            created_at: self.created_at,
+            body: self.body,
+        }
+        .into_stored()?;
+        Ok(Due { prediction, last })
     }
 }
 

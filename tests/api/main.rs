@@ -16,6 +16,7 @@ mod operations;
 mod ordering_property;
 mod outage;
 mod predictions;
+mod reconcile;
 mod retention;
 mod schemathesis;
 mod waiting;

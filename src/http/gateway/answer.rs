@@ -6,10 +6,10 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use serde::de::{Deserialize, Deserializer, MapAccess};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::domain::Members;
 use crate::http::AppState;
 use crate::ingest::{self, IngestError};
 use crate::replicate::Answer;
@@ -77,56 +77,16 @@ pub(super) fn as_the_inbox_answers(
     base: &str,
     starting: bool,
 ) -> Option<(String, Vec<u8>)> {
-    let members: Members<'_> = serde_json::from_slice(body).ok()?;
+    let members = Members::parse(std::str::from_utf8(body).ok()?)?;
     let id: String = members
         .get("id")
         .and_then(|raw| serde_json::from_str(raw.get()).ok())?;
-    let mut out = String::with_capacity(body.len() + 2 * base.len() + 64);
-    out.push('{');
-    for (i, (key, raw)) in members.0.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&serde_json::to_string(key).ok()?);
-        out.push(':');
-        match key.as_str() {
-            "urls" => out.push_str(&urls_naming_the_inbox(raw, base, &id)),
-            "status" if starting && !terminal(raw) => out.push_str("\"starting\""),
-            _ => out.push_str(raw.get()),
-        }
-    }
-    out.push('}');
-    Some((id, out.into_bytes()))
-}
-
-/// A JSON object's members as they came: in order, duplicates kept, each value its raw text.
-struct Members<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'a> Members<'a> {
-    /// The last member named `key`, as a JSON reader takes it.
-    fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
-    }
-}
-
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Members<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut members = Vec::new();
-                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
-                    members.push(member);
-                }
-                Ok(Members(members))
-            }
-        }
-        deserializer.deserialize_map(Visitor)
-    }
+    let written = members.write(|key, raw| match key {
+        "urls" => Some(urls_naming_the_inbox(raw, base, &id)),
+        "status" if starting && !terminal(raw) => Some("\"starting\"".to_owned()),
+        _ => None,
+    });
+    Some((id, written.into_bytes()))
 }
 
 /// `urls` with `get` and `cancel` naming the inbox; as it came if it is not an object.

@@ -5,6 +5,7 @@ mod listen;
 pub(super) mod plan;
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -15,8 +16,9 @@ use tokio::time::Instant;
 
 use crate::domain::Status;
 use crate::store::{
-    self, ACQUIRE_TIMEOUT, ChangeFeed, Cutoffs, HistoryQuery, ListQuery, NewDelivery, Outcome,
-    Page, Pruned, Slice, Store, StoreError, StoredDelivery, StoredPrediction, Walk,
+    self, ACQUIRE_TIMEOUT, ChangeFeed, Cutoffs, Due, HistoryQuery, ListQuery, NewDelivery,
+    NextRead, Outcome, Page, Pruned, Slice, Store, StoreError, StoredDelivery, StoredPrediction,
+    Walk,
     keyset::{self, StatusIndex},
 };
 use plan::Plan;
@@ -349,6 +351,47 @@ impl Store for Postgres {
             .await?)
     }
 
+    async fn due_for_reconcile(
+        &self,
+        quiet_before: OffsetDateTime,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Due>, StoreError> {
+        static DUE: LazyLock<String> = LazyLock::new(|| {
+            store::DUE_FOR_RECONCILE.replace(
+                "BODY",
+                "(SELECT d.body FROM deliveries AS d WHERE d.webhook_id = p.latest_delivery)",
+            )
+        });
+        let rows: Vec<DueRow> = self
+            .live(|| {
+                sqlx::query_as(&DUE)
+                    .bind(quiet_before)
+                    .bind(now)
+                    .bind(i64::from(limit))
+                    .bind(Status::TERMINAL_RANK)
+                    .fetch_all(&self.pool)
+            })
+            .await?;
+        Ok(rows.into_iter().map(DueRow::into_due).collect())
+    }
+
+    async fn schedule_reconcile(&self, id: &str, next: &NextRead) -> Result<(), StoreError> {
+        let interval_ms = i64::try_from(next.interval.as_millis()).unwrap_or(i64::MAX);
+        self.live(|| {
+            sqlx::query(store::SCHEDULE_RECONCILE)
+                .bind(id)
+                .bind(next.at)
+                .bind(interval_ms)
+                .bind(next.missing_since)
+                .bind(next.missing)
+                .bind(next.marked.as_deref())
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
     async fn change_feed(&self) -> Result<Box<dyn ChangeFeed>, StoreError> {
         Ok(Box::new(listen::ChangeListener::connect(&self.pool).await?))
     }
@@ -358,6 +401,43 @@ impl Store for Postgres {
         self.pool.close().await;
         if let Some(connection) = self.writes.lock().await.take() {
             let _ = connection.close().await;
+        }
+    }
+}
+
+/// A row of `DUE_FOR_RECONCILE`.
+#[derive(sqlx::FromRow)]
+struct DueRow {
+    id: String,
+    status: Option<String>,
+    created_at: OffsetDateTime,
+    body: Option<String>,
+    next_at: Option<OffsetDateTime>,
+    interval_ms: Option<i64>,
+    missing_since: Option<OffsetDateTime>,
+    missing: Option<i32>,
+}
+
+impl DueRow {
+    fn into_due(self) -> Due {
+        let last = match (self.next_at, self.interval_ms) {
+            (Some(at), Some(interval_ms)) => Some(NextRead {
+                at,
+                interval: Duration::from_millis(interval_ms.unsigned_abs()),
+                missing_since: self.missing_since,
+                missing: self.missing.unwrap_or(0),
+                marked: None,
+            }),
+            _ => None,
+        };
+        Due {
+            prediction: StoredPrediction {
+                id: self.id,
+                status: self.status,
+                created_at: self.created_at,
+                body: self.body.unwrap_or_default(),
+            },
+            last,
         }
     }
 }

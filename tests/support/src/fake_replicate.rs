@@ -63,6 +63,8 @@ pub struct Sent {
 /// One request the fake was sent.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// When it arrived.
+    pub at: std::time::Instant,
     pub method: Method,
     /// The path as sent, undecoded.
     pub path: String,
@@ -80,7 +82,12 @@ struct Faults {
     webhooks: VecDeque<WebhookFault>,
     /// How long an API answer is held before it is sent.
     slow: Option<Duration>,
+    /// Webhooks never sent: given the prediction's id and the event.
+    dropped: Option<WebhookFilter>,
 }
+
+/// Which webhooks to drop: given a prediction's id and the event (`start`, `logs`, `completed`).
+pub type WebhookFilter = Box<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
 struct Inner {
     address: String,
@@ -135,6 +142,7 @@ impl FakeReplicate {
                 post(create_for_deployment),
             )
             .route("/v1/predictions/{id}", get(read))
+            .route("/v1/trainings/{id}", get(read))
             .route("/v1/predictions/{id}/cancel", post(cancel))
             .route("/v1/models/{owner}/{name}/versions/{id}", get(version))
             .route("/v1/files", post(upload))
@@ -180,6 +188,65 @@ impl FakeReplicate {
     /// The next webhooks sent suffer these faults, one each, in turn.
     pub fn fault_next_webhooks(&self, faults: &[WebhookFault]) {
         lock(&self.0.faults).webhooks.extend(faults.iter().copied());
+    }
+
+    /// Every webhook for which `drop` says so is never sent (nor retried), from now on.
+    pub fn drop_webhooks_where(&self, drop: impl Fn(&str, &str) -> bool + Send + Sync + 'static) {
+        lock(&self.0.faults).dropped = Some(Box::new(drop));
+    }
+
+    /// Changes the fake's own copy of a prediction, as the platform's state moves on without
+    /// telling anyone (its data removed, say).
+    pub fn change(&self, id: &str, change: impl FnOnce(&mut Value)) {
+        self.update(id, change);
+    }
+
+    /// Forgets a prediction: reads of it are then `404`.
+    pub fn forget(&self, id: &str) {
+        lock(&self.0.predictions).remove(id);
+    }
+
+    /// A training of `acme/echo`, finished, readable at `/v1/trainings/{id}` (nothing runs it and
+    /// no webhook is sent): its object, to deliver by hand.
+    pub fn add_training(&self, status: &str) -> Value {
+        let id = new_id();
+        let base = &self.0.address;
+        let training = json!({
+            "id": id,
+            "model": MODEL,
+            "version": VERSION,
+            "input": {"train_data": "https://example.com/data.zip"},
+            "logs": "",
+            "output": if terminal(&json!(status)) { json!({"version": "acme/echo:ffff", "weights": "https://replicate.delivery/w.tar"}) } else { Value::Null },
+            "error": null,
+            "status": status,
+            "created_at": now_rfc3339(),
+            "urls": {
+                "get": format!("{base}/v1/trainings/{id}"),
+                "cancel": format!("{base}/v1/trainings/{id}/cancel"),
+            },
+        });
+        lock(&self.0.predictions).insert(id, training.clone());
+        training
+    }
+
+    /// The most requests it was sent within any one second, by method and path prefix.
+    pub fn most_in_a_second(&self, method: &str, prefix: &str) -> usize {
+        let times: Vec<std::time::Instant> = self
+            .seen()
+            .iter()
+            .filter(|s| s.method.as_str() == method && s.path.starts_with(prefix))
+            .map(|s| s.at)
+            .collect();
+        (0..times.len())
+            .map(|i| {
+                times[i..]
+                    .iter()
+                    .take_while(|t| t.duration_since(times[i]) < Duration::from_secs(1))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Every API answer is held this long first.
@@ -304,7 +371,14 @@ impl FakeReplicate {
         if !wanted {
             return;
         }
-        let fault = lock(&self.0.faults).webhooks.pop_front();
+        let fault = {
+            let mut faults = lock(&self.0.faults);
+            let id = prediction["id"].as_str().unwrap_or_default();
+            match &faults.dropped {
+                Some(drop) if drop(id, event) => Some(WebhookFault::Drop),
+                _ => faults.webhooks.pop_front(),
+            }
+        };
         let body = serde_json::to_vec(prediction).unwrap();
         let webhook_id = format!("msg_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let terminal = event == "completed";
@@ -511,6 +585,7 @@ async fn gatekeeper(
             .map(str::to_owned)
     };
     lock(&fake.0.seen).push(Seen {
+        at: std::time::Instant::now(),
         method: parts.method.clone(),
         path: parts.uri.path().to_owned(),
         authorization: header("authorization"),

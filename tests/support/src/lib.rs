@@ -209,6 +209,16 @@ impl TestStore {
         .unwrap_or_else(|error| panic!("{sql}: {error}"));
     }
 
+    /// The one text value `sql` selects, if it selects a row.
+    pub async fn text(&self, sql: &str) -> Option<String> {
+        match self {
+            Self::Postgres { pool, .. } => sqlx::query_scalar(sql).fetch_optional(pool).await,
+            Self::Sqlite { pool, .. } => sqlx::query_scalar(sql).fetch_optional(pool).await,
+        }
+        .unwrap_or_else(|error| panic!("{sql}: {error}"))
+        .flatten()
+    }
+
     /// The rows of `table`.
     pub async fn count(&self, table: &str) -> i64 {
         let sql = format!("SELECT count(*) FROM {table}");

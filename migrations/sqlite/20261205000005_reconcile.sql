@@ -1,0 +1,12 @@
+-- The reconciler, as in migrations/postgres (`reconcile`, `unfinished_predictions`); times are
+-- Unix microseconds.
+CREATE TABLE reconcile (
+    prediction_id TEXT PRIMARY KEY NOT NULL REFERENCES predictions (id) ON DELETE CASCADE,
+    next_at       INTEGER NOT NULL,
+    interval_ms   INTEGER NOT NULL,
+    missing_since INTEGER,
+    missing       INTEGER NOT NULL DEFAULT 0,
+    marked        TEXT
+) STRICT;
+
+CREATE INDEX predictions_unfinished_idx ON predictions (updated_at) WHERE progress_rank < 2;

@@ -1,0 +1,388 @@
+//! The reconciler: predictions whose webhooks never came are read from the platform's API and
+//! brought up to date through the latest-state rule, so that no prediction stays `processing`
+//! in the inbox for ever because a delivery was lost (the platform retries only the terminal one,
+//! and only for about a minute).
+//!
+//! A sweep takes the unfinished predictions that have heard nothing for `Settings::after` and
+//! whose next read is due, reads each at its `urls.get` when that names the platform's API (a
+//! prediction or a training; anything else is skipped and never guessed at), and records an
+//! answer that advances the state as a delivery of source `reconcile`; an answer that changes
+//! nothing is not recorded. Each prediction then waits twice as long as before (up to
+//! `MAX_INTERVAL`) while it stays unfinished. One replica sweeps at a time, under a lease, at
+//! most `Settings::rps` reads a second; a `429`, a `5xx` or an unreachable API pauses the sweep
+//! (for its `Retry-After` if it gives one), and never touches deliveries or reads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, Method, StatusCode};
+use reqwest::Url;
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::domain::{Members, Prediction, Progress, WebhookId};
+use crate::ingest::{self, Writer};
+use crate::metrics;
+use crate::replicate::{Answer, Operation, PREDICTIONS, Platform, Segment, TRAININGS, V1};
+use crate::store::{Due, NextRead, Source, Store, StoreError};
+
+/// What the reconciler is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// How long an unfinished prediction must have heard nothing before it is read
+    /// (`INBOX_RECONCILE_AFTER`); also its first wait between reads.
+    pub after: Duration,
+    /// Reads a second, at most, across the replicas (`INBOX_RECONCILE_RPS`).
+    pub rps: u32,
+}
+
+/// The longest wait between two reads of one unfinished prediction.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(600);
+/// The platform's `404`s in a row, spanning at least `after` × `MISSING_SPAN_AFTERS / 2`, after
+/// which a prediction is marked and never read again: a fresh prediction can be `404` for a
+/// moment.
+const MISSING_ANSWERS: i32 = 3;
+const MISSING_SPAN_HALF_AFTERS: u32 = 5;
+/// Predictions read in one page of a sweep.
+const PAGE: u32 = 100;
+const LEASE: &str = "reconciler";
+const LEASE_TTL: Duration = Duration::from_secs(60);
+/// The pause after a `429` or `5xx` without `Retry-After`, or an unreachable API: doubled while
+/// it lasts.
+const PAUSE_MIN: Duration = Duration::from_secs(1);
+const PAUSE_MAX: Duration = Duration::from_secs(300);
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Read, and recorded: the answer advanced the state.
+    pub advanced: u64,
+    /// Read; the answer changed nothing.
+    pub unchanged: u64,
+    /// The platform answered 404.
+    pub missing: u64,
+    /// Marked: never read again.
+    pub marked: u64,
+    /// Not the platform's: skipped, and marked.
+    pub skipped: u64,
+}
+
+/// Why a sweep stopped before it was done.
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the platform asked to slow down or failed; pausing for {0:?}")]
+    Paused(Duration),
+    #[error("another replica holds the reconciler's lease")]
+    NotHolder,
+}
+
+pub struct Reconciler {
+    store: Arc<dyn Store>,
+    platform: Platform,
+    writer: Writer,
+    settings: Settings,
+    holder: String,
+    /// When the next read may start, for the rate.
+    next_slot: Mutex<Instant>,
+    /// The pause the next failure waits, doubled while failures go on.
+    pause: Mutex<Duration>,
+}
+
+impl Reconciler {
+    pub fn new(
+        store: Arc<dyn Store>,
+        platform: Platform,
+        writer: Writer,
+        settings: Settings,
+        holder: String,
+    ) -> Self {
+        Self {
+            store,
+            platform,
+            writer,
+            settings,
+            holder,
+            next_slot: Mutex::new(Instant::now()),
+            pause: Mutex::new(PAUSE_MIN),
+        }
+    }
+
+    /// Sweeps whenever something may be due, while this replica holds the lease.
+    pub async fn run(self: Arc<Self>) {
+        let tick = (self.settings.after / 2).min(Duration::from_secs(5));
+        loop {
+            let wait = match self.sweep().await {
+                Ok(swept) => {
+                    if swept != Swept::default() {
+                        tracing::info!(?swept, "reconciled predictions from the platform");
+                    }
+                    tick
+                }
+                Err(Stopped::Paused(pause)) => {
+                    tracing::warn!(
+                        ?pause,
+                        "the reconciler pauses: the platform asked to slow down, failed or could not be reached"
+                    );
+                    pause
+                }
+                Err(Stopped::NotHolder) => tick,
+                Err(Stopped::Store(error)) => {
+                    tracing::warn!(%error, "the reconciler's sweep failed; it runs again later");
+                    tick
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Reads every prediction due now, page by page, under the lease.
+    pub async fn sweep(&self) -> Result<Swept, Stopped> {
+        let mut swept = Swept::default();
+        loop {
+            if !self.store.lease(LEASE, &self.holder, LEASE_TTL).await? {
+                return Err(Stopped::NotHolder);
+            }
+            let now = OffsetDateTime::now_utc();
+            let due = self
+                .store
+                .due_for_reconcile(now - self.settings.after, now, PAGE)
+                .await?;
+            let full = due.len() == PAGE as usize;
+            for due in due {
+                self.reconcile(due, &mut swept).await?;
+            }
+            if !full {
+                return Ok(swept);
+            }
+        }
+    }
+
+    /// Reads one prediction `id` now, whatever its schedule: `prediction-inbox reconcile --id`.
+    pub async fn one(&self, id: &str) -> Result<Swept, Stopped> {
+        let mut swept = Swept::default();
+        let Some(prediction) = self.store.prediction(id).await? else {
+            return Ok(swept);
+        };
+        self.reconcile(
+            Due {
+                prediction,
+                last: None,
+            },
+            &mut swept,
+        )
+        .await?;
+        Ok(swept)
+    }
+
+    async fn reconcile(&self, due: Due, swept: &mut Swept) -> Result<(), Stopped> {
+        let id = due.prediction.id.clone();
+        let now = OffsetDateTime::now_utc();
+        let target = self.target(&due.prediction.body);
+        let Some((kind, read_id)) = target
+            .as_ref()
+            .and_then(|(kind, id)| Some((kind.clone(), Segment::parse(id)?)))
+        else {
+            swept.skipped += 1;
+            metrics::reconciled("skipped");
+            let next = NextRead {
+                at: now,
+                interval: self.settings.after,
+                missing_since: None,
+                missing: 0,
+                marked: Some("not_the_platform".into()),
+            };
+            return Ok(self.store.schedule_reconcile(&id, &next).await?);
+        };
+        self.pace().await;
+        let answer = self
+            .platform
+            .call(
+                Operation::Get,
+                Method::GET,
+                &[V1, kind, read_id],
+                HeaderMap::new(),
+                None,
+            )
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(_) => return Err(Stopped::Paused(self.pause_after(None).await)),
+        };
+        if answer.status == StatusCode::TOO_MANY_REQUESTS || answer.status.is_server_error() {
+            return Err(Stopped::Paused(self.pause_after(Some(&answer)).await));
+        }
+        *self.pause.lock().await = PAUSE_MIN;
+        let interval = due.last.as_ref().map_or(self.settings.after, |last| {
+            (last.interval * 2).clamp(self.settings.after, MAX_INTERVAL)
+        });
+        let mut next = NextRead {
+            at: now + interval,
+            interval,
+            missing_since: None,
+            missing: 0,
+            marked: None,
+        };
+        if answer.status == StatusCode::NOT_FOUND {
+            swept.missing += 1;
+            metrics::reconciled("missing");
+            let last = due.last.as_ref();
+            next.missing = last.map_or(0, |last| last.missing) + 1;
+            next.missing_since = Some(last.and_then(|last| last.missing_since).unwrap_or(now));
+            let span = self.settings.after * MISSING_SPAN_HALF_AFTERS / 2;
+            let missing_for = next.missing_since.map_or(Duration::ZERO, |since| {
+                Duration::try_from(now - since).unwrap_or(Duration::ZERO)
+            });
+            if next.missing >= MISSING_ANSWERS && missing_for >= span {
+                swept.marked += 1;
+                metrics::reconciled("marked");
+                next.marked = Some("not_found".into());
+                // Never due again for being marked; its time says when it was.
+                next.at = now;
+                tracing::warn!(prediction_id = %id, "the platform has not known this prediction for minutes; it is no longer read");
+            }
+            return Ok(self.store.schedule_reconcile(&id, &next).await?);
+        }
+        if !answer.status.is_success() {
+            tracing::warn!(prediction_id = %id, status = answer.status.as_u16(), "the platform refused to read a prediction; trying again later");
+            return Ok(self.store.schedule_reconcile(&id, &next).await?);
+        }
+        match self.record(&due.prediction.body, &answer).await? {
+            Recorded::Advanced { terminal } => {
+                swept.advanced += 1;
+                metrics::reconciled("advanced");
+                if terminal {
+                    return Ok(());
+                }
+            }
+            Recorded::Unchanged => {
+                swept.unchanged += 1;
+                metrics::reconciled("unchanged");
+            }
+        }
+        Ok(self.store.schedule_reconcile(&id, &next).await?)
+    }
+
+    /// Where a stored prediction's `urls.get` reads it on the platform's API: a prediction's or
+    /// a training's route, and its id. `None` for anything else.
+    fn target(&self, body: &str) -> Option<(Segment<'static>, String)> {
+        let members = Members::parse(body)?;
+        let urls = Members::parse(members.get("urls")?.get())?;
+        let get: String = serde_json::from_str(urls.get("get")?.get()).ok()?;
+        let path = self.platform.api_path(&Url::parse(&get).ok()?)?;
+        match path.as_slice() {
+            [v1, kind, id] if v1 == V1.as_str() => {
+                let kind = [PREDICTIONS, TRAININGS]
+                    .into_iter()
+                    .find(|k| k.as_str() == kind)?;
+                Some((kind, id.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Records `answer` if it advances the stored state. A terminal answer whose data was
+    /// removed (`output` null) keeps the stored output: it is all there is of it.
+    async fn record(&self, stored: &str, answer: &Answer) -> Result<Recorded, StoreError> {
+        let Ok(text) = std::str::from_utf8(&answer.body) else {
+            return Ok(Recorded::Unchanged);
+        };
+        let (Ok(before), Ok(after)) = (Prediction::parse(stored), Prediction::parse(text)) else {
+            return Ok(Recorded::Unchanged);
+        };
+        // The order's first keys: what the platform's state holds, whoever sent it and when.
+        let key = |p: &Prediction| {
+            let progress = Progress::of(p, WebhookId::made("reconcile".into()), 0);
+            (progress.rank, progress.logs_len, progress.output_len)
+        };
+        if key(&after) <= key(&before) {
+            return Ok(Recorded::Unchanged);
+        }
+        let terminal = after.status.as_ref().is_some_and(|s| s.is_terminal());
+        let text = keep_the_stored_output(stored, text).unwrap_or_else(|| text.to_owned());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        match ingest::record_answer(&self.writer, Source::Reconcile, text, deadline).await {
+            Ok(_) => Ok(Recorded::Advanced { terminal }),
+            Err(ingest::IngestError::Store(error)) => Err(unwrap_store(error)),
+            Err(error) => {
+                tracing::warn!(%error, "a reconciled answer could not be recorded");
+                Ok(Recorded::Unchanged)
+            }
+        }
+    }
+
+    /// Waits for the next slot of the rate.
+    async fn pace(&self) {
+        let gap = Duration::from_secs(1) / self.settings.rps.max(1);
+        let slot = {
+            let mut next = self.next_slot.lock().await;
+            let slot = (*next).max(Instant::now());
+            *next = slot + gap;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+
+    /// How long to pause after a failure: the platform's `Retry-After` in seconds, or the current
+    /// pause, doubled for the next one.
+    async fn pause_after(&self, answer: Option<&Answer>) -> Duration {
+        let mut pause = self.pause.lock().await;
+        let asked = answer
+            .and_then(|a| a.retry_after.as_ref())
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let now = asked.unwrap_or(*pause);
+        *pause = (*pause * 2).min(PAUSE_MAX);
+        now.min(PAUSE_MAX)
+    }
+}
+
+enum Recorded {
+    Advanced { terminal: bool },
+    Unchanged,
+}
+
+fn unwrap_store(error: Arc<StoreError>) -> StoreError {
+    Arc::try_unwrap(error)
+        .unwrap_or_else(|shared| StoreError::Unavailable(sqlx::Error::Protocol(shared.to_string())))
+}
+
+/// `answer` with the stored `output` in place of its `null`, when it is a terminal answer whose
+/// data was removed and the stored state has an output; `None` otherwise.
+fn keep_the_stored_output(stored: &str, answer: &str) -> Option<String> {
+    let answered = Members::parse(answer)?;
+    let removed = answered
+        .get("data_removed")
+        .is_some_and(|v| v.get() == "true");
+    let null = answered.get("output").is_none_or(|v| v.get() == "null");
+    if !(removed && null) {
+        return None;
+    }
+    let kept = Members::parse(stored)?.get("output")?;
+    if kept.get() == "null" {
+        return None;
+    }
+    Some(answered.write(|key, _| (key == "output").then(|| kept.get().to_owned())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removed_output_never_replaces_a_stored_one() {
+        let stored = r#"{"id":"p","status":"processing","output":["a","b"]}"#;
+        let removed = r#"{"id":"p","status":"succeeded","output":null,"data_removed":true}"#;
+        assert_eq!(
+            keep_the_stored_output(stored, removed).unwrap(),
+            r#"{"id":"p","status":"succeeded","output":["a","b"],"data_removed":true}"#
+        );
+        let kept = r#"{"id":"p","status":"succeeded","output":["c"],"data_removed":false}"#;
+        assert_eq!(keep_the_stored_output(stored, kept), None);
+        let nothing = r#"{"id":"p","status":"processing","output":null}"#;
+        assert_eq!(keep_the_stored_output(nothing, removed), None);
+    }
+}

@@ -1,0 +1,259 @@
+//! The reconciler against the fake platform: predictions whose webhooks were lost are read from
+//! the platform and finished, within the rate, without ever replacing what is stored by less.
+//! Short settings stand in for time: `INBOX_RECONCILE_AFTER=1s`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::fake_replicate::{FakeReplicate, VERSION};
+use support::{
+    Backend, CREATE_TOKEN, Delivery, TOKEN, TestApp, eventually, on_each_backend, spawn_gateway_app,
+};
+
+on_each_backend!(
+    lost_terminal_webhooks_are_repaired_within_the_rate,
+    a_removed_output_finishes_a_prediction_but_never_replaces_its_output,
+    a_prediction_the_platform_keeps_not_knowing_is_marked_and_left_alone,
+    trainings_are_read_at_their_own_route_and_other_hosts_never,
+);
+
+const QUICK: [(&str, &str); 2] = [
+    ("INBOX_RECONCILE_AFTER", "1s"),
+    ("INBOX_RECONCILE_RPS", "50"),
+];
+
+async fn create(app: &TestApp, input: Value) -> String {
+    let answer = app
+        .client
+        .post(format!("{}/v1/predictions", app.address))
+        .bearer_auth(CREATE_TOKEN)
+        .json(&json!({"version": VERSION, "input": input}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let created: Value = answer.json().await.unwrap();
+    created["id"].as_str().unwrap().to_owned()
+}
+
+async fn status(app: &TestApp, id: &str) -> Value {
+    app.get(&format!("/v1/predictions/{id}"))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()
+}
+
+/// Waits until every prediction of `ids` is terminal in the inbox.
+async fn all_finish(app: &TestApp, ids: &[String]) {
+    for id in ids {
+        eventually(&format!("{id} is terminal in the inbox"), || async {
+            status(app, id).await["status"] == "succeeded"
+        })
+        .await;
+    }
+}
+
+/// Whether the fake never sends prediction `id`'s terminal webhook: about one in ten (ids end in
+/// one of 32 characters).
+fn lost(id: &str) -> bool {
+    id.ends_with(['a', 'b', 'c'])
+}
+
+async fn lost_terminal_webhooks_are_repaired_within_the_rate(backend: Backend) {
+    let fake = FakeReplicate::start().await;
+    let app = spawn_gateway_app(backend, &fake, &QUICK).await;
+    fake.drop_webhooks_where(|id, event| event == "completed" && lost(id));
+    let ids: Vec<String> = futures_util::stream::iter(0..1000)
+        .map(|_| create(&app, json!({"steps": 1, "step_ms": 10})))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let dropped: Vec<&String> = ids.iter().filter(|id| lost(id)).collect();
+    assert!(dropped.len() > 50, "{} lost", dropped.len());
+    // A waiter on a lost one is woken by the reconciled change, as by a webhook.
+    let waited = app
+        .client
+        .get(format!("{}/v1/predictions/{}", app.address, dropped[0]))
+        .bearer_auth(TOKEN)
+        .header("prefer", "wait=30")
+        .send();
+    let (waited, ()) = tokio::join!(waited, all_finish(&app, &ids));
+    assert_eq!(
+        waited.unwrap().json::<Value>().await.unwrap()["status"],
+        "succeeded"
+    );
+    assert!(
+        fake.most_in_a_second("GET", "/v1/predictions/") <= 50,
+        "the platform was read faster than INBOX_RECONCILE_RPS"
+    );
+    assert!(
+        fake.webhooks_sent()
+            .iter()
+            .all(|s| !(s.event == "completed" && lost(&s.prediction_id)))
+    );
+    // A repaired one says how it came.
+    let history: Value = app
+        .get(&format!("/v1/predictions/{}/deliveries", dropped[0]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sources: Vec<&str> = history["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["source"].as_str().unwrap())
+        .collect();
+    assert!(sources.contains(&"reconcile"), "{sources:?}");
+}
+
+async fn a_removed_output_finishes_a_prediction_but_never_replaces_its_output(backend: Backend) {
+    let fake = FakeReplicate::start().await;
+    // Read only once the platform has removed the data.
+    let app = spawn_gateway_app(backend, &fake, &[("INBOX_RECONCILE_AFTER", "0")]).await;
+    fake.drop_webhooks_where(|_, event| event == "completed");
+    let id = create(&app, json!({"steps": 2})).await;
+    fake.finished(&id).await;
+    eventually("the last output is recorded", || async {
+        status(&app, &id).await["output"] == json!(["step 1", "step 2"])
+    })
+    .await;
+    fake.change(&id, |p| {
+        p["output"] = Value::Null;
+        p["logs"] = Value::Null;
+        p["data_removed"] = json!(true);
+    });
+    // A replica that reconciles, over the same database.
+    let _reconciling = support::start_gateway(&app.store.url(), &fake, &QUICK).await;
+    eventually("the reconciled state is terminal", || async {
+        status(&app, &id).await["status"] == "succeeded"
+    })
+    .await;
+    let done = status(&app, &id).await;
+    assert_eq!(done["data_removed"], true);
+    assert_eq!(done["output"], json!(["step 1", "step 2"]));
+}
+
+async fn a_prediction_the_platform_keeps_not_knowing_is_marked_and_left_alone(backend: Backend) {
+    let fake = FakeReplicate::start().await;
+    fake.drop_webhooks_where(|_, event| event == "completed");
+    let app = spawn_gateway_app(backend, &fake, &QUICK).await;
+    let id = create(&app, json!({"steps": 1, "step_ms": 60000})).await;
+    eventually("the start is recorded", || async {
+        status(&app, &id).await["status"] == "processing"
+    })
+    .await;
+    fake.forget(&id);
+    let path = format!("/v1/predictions/{id}");
+    // Three 404s in a row over 2.5 × INBOX_RECONCILE_AFTER, and then no more reads.
+    eventually("the prediction is marked", || async {
+        fake.count("GET", &path) >= 3 && marked(&app, &id).await.as_deref() == Some("not_found")
+    })
+    .await;
+    let reads = fake.count("GET", &path);
+    // Another prediction read twice after the marking shows the sweeps went on without it.
+    let other = create(&app, json!({"steps": 1, "step_ms": 60000})).await;
+    let other_path = format!("/v1/predictions/{other}");
+    eventually("another prediction is read twice", || async {
+        fake.count("GET", &other_path) >= 2
+    })
+    .await;
+    assert_eq!(
+        fake.count("GET", &path),
+        reads,
+        "a marked prediction was read again"
+    );
+    assert_eq!(status(&app, &id).await["status"], "processing");
+}
+
+async fn trainings_are_read_at_their_own_route_and_other_hosts_never(backend: Backend) {
+    let fake = FakeReplicate::start().await;
+    let app = spawn_gateway_app(backend, &fake, &QUICK).await;
+    // A training, finished at the platform; the inbox heard only that it was processing.
+    let mut training = fake.add_training("succeeded");
+    let id = training["id"].as_str().unwrap().to_owned();
+    training["status"] = json!("processing");
+    training["output"] = Value::Null;
+    app.deliver(&Delivery::new(training.to_string())).await;
+    // A prediction whose `urls.get` is not the platform's API.
+    let elsewhere = json!({
+        "id": "p-elsewhere", "status": "processing",
+        "urls": {"get": "https://api.elsewhere.example/v1/predictions/p-elsewhere"},
+    });
+    app.deliver(&Delivery::new(elsewhere.to_string())).await;
+    eventually("the training is reconciled", || async {
+        status(&app, &id).await["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(fake.count("GET", &format!("/v1/trainings/{id}")), 1);
+    eventually("the other is skipped for good", || async {
+        marked(&app, "p-elsewhere").await.as_deref() == Some("not_the_platform")
+    })
+    .await;
+    assert!(fake.seen().iter().all(|s| !s.path.contains("p-elsewhere")));
+}
+
+#[tokio::test]
+async fn the_platform_asking_to_slow_down_pauses_the_reconciler() {
+    let fake = FakeReplicate::start().await;
+    fake.drop_webhooks_where(|_, event| event == "completed");
+    let app = spawn_gateway_app(Backend::Sqlite, &fake, &QUICK).await;
+    let ids = [
+        create(&app, json!({"steps": 1})).await,
+        create(&app, json!({"steps": 1})).await,
+    ];
+    for id in &ids {
+        fake.finished(id).await;
+    }
+    fake.answer_next(&[
+        (StatusCode::TOO_MANY_REQUESTS, Some("2")),
+        (StatusCode::SERVICE_UNAVAILABLE, None),
+    ]);
+    all_finish(&app, &ids).await;
+    // The reads after each refusal came no sooner than it asked (2 s), or than the first pause
+    // (1 s) without a `Retry-After`.
+    let reads: Vec<_> = fake
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET" && s.path.starts_with("/v1/predictions/"))
+        .collect();
+    assert!(reads.len() >= 4, "{reads:?}");
+    assert!(reads[1].at - reads[0].at >= Duration::from_secs(2));
+    assert!(reads[2].at - reads[1].at >= Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn two_replicas_read_each_prediction_once() {
+    let fake = FakeReplicate::start().await;
+    fake.drop_webhooks_where(|_, event| event == "completed");
+    let app = spawn_gateway_app(Backend::Postgres, &fake, &QUICK).await;
+    let _other = support::start_gateway(&app.store.url(), &fake, &QUICK).await;
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(create(&app, json!({"steps": 1})).await);
+    }
+    all_finish(&app, &ids).await;
+    let mut reads: HashMap<String, usize> = HashMap::new();
+    for seen in fake.seen() {
+        if seen.method == "GET" {
+            *reads.entry(seen.path).or_default() += 1;
+        }
+    }
+    for id in &ids {
+        assert_eq!(
+            reads.get(&format!("/v1/predictions/{id}")),
+            Some(&1),
+            "{id}"
+        );
+    }
+}
+
+/// Why the reconciler no longer reads prediction `id`, if it does not.
+async fn marked(app: &TestApp, id: &str) -> Option<String> {
+    let sql = format!("SELECT marked FROM reconcile WHERE prediction_id = '{id}'");
+    app.store.text(&sql).await
+}
