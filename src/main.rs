@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use prediction_inbox::config::{self, Settings, Source};
 use prediction_inbox::retention::Policy;
 use prediction_inbox::sample;
-use prediction_inbox::startup::{self, Application};
+use prediction_inbox::startup::{self, Application, StartupError};
 use prediction_inbox::store::DatabaseUrl;
 use prediction_inbox::telemetry::{self, LogFormat};
 use prediction_inbox::verify::Secret;
@@ -36,6 +36,13 @@ enum Command {
         /// Prune as if it were this time (RFC 3339); now by default.
         #[arg(long, value_parser = parse_time)]
         now: Option<time::OffsetDateTime>,
+    },
+    /// Read from the platform, once, every unfinished prediction whose webhooks are overdue (under
+    /// the reconciler's lease and INBOX_RECONCILE_RPS), record what advanced, and print it.
+    Reconcile {
+        /// Read this prediction alone, whatever its schedule.
+        #[arg(long)]
+        id: Option<String>,
     },
     /// Print the three webhook headers that sign FILE's exact bytes.
     Sign {
@@ -70,6 +77,7 @@ enum Command {
 enum Run {
     /// Boxed: the settings are many times the size of the other commands' needs.
     Serve(Box<Settings>),
+    Reconcile(Box<Settings>, Option<String>),
     Migrate(DatabaseUrl, LogFormat),
     Prune {
         database_url: DatabaseUrl,
@@ -108,7 +116,7 @@ fn main() -> ExitCode {
             };
             return send_test(&url, &secret, &statuses);
         }
-        Command::Serve | Command::Migrate | Command::Prune { .. } => {}
+        Command::Serve | Command::Migrate | Command::Prune { .. } | Command::Reconcile { .. } => {}
     }
 
     let (file, required) = match cli.config {
@@ -118,6 +126,9 @@ fn main() -> ExitCode {
     let run = Source::load(&file, required).and_then(|source| match command {
         Command::Serve => {
             Settings::from_source(&source).map(|settings| Run::Serve(Box::new(settings)))
+        }
+        Command::Reconcile { id } => {
+            Settings::from_source(&source).map(|settings| Run::Reconcile(Box::new(settings), id))
         }
         Command::Prune { dry_run, now } => Ok(Run::Prune {
             database_url: source.database_url()?,
@@ -129,6 +140,15 @@ fn main() -> ExitCode {
         _ => Ok(Run::Migrate(source.database_url()?, source.log_format()?)),
     });
     let run = match run {
+        Ok(Run::Reconcile(settings, _))
+            if settings.gateway.is_none() || settings.reconcile.is_none() =>
+        {
+            eprintln!(
+                "prediction-inbox: REPLICATE_API_TOKEN: reconciling needs the platform's token \
+                 (and INBOX_WEBHOOK_URL), and INBOX_RECONCILE_AFTER not 0"
+            );
+            return ExitCode::from(BAD_SETTINGS);
+        }
         Ok(run) => run,
         Err(error) => {
             eprintln!("prediction-inbox: {error}");
@@ -136,7 +156,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(match &run {
-        Run::Serve(settings) => settings.log_format,
+        Run::Serve(settings) | Run::Reconcile(settings, _) => settings.log_format,
         Run::Migrate(_, log_format) | Run::Prune { log_format, .. } => *log_format,
     });
     prediction_inbox::memory::return_large_blocks();
@@ -156,6 +176,18 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Run::Migrate(database_url, _) => startup::migrate(&database_url).await,
+            Run::Reconcile(settings, id) => {
+                let swept = match startup::reconcile(*settings, id).await {
+                    Ok(swept) => swept,
+                    Err(startup::ReconcileError::Startup(error)) => return Err(error),
+                    Err(error) => return Err(StartupError::Command(error.to_string())),
+                };
+                println!(
+                    "advanced {}; unchanged {}; missing at the platform {}; marked {}; skipped {}",
+                    swept.advanced, swept.unchanged, swept.missing, swept.marked, swept.skipped
+                );
+                Ok(())
+            }
             Run::Prune {
                 database_url,
                 policy,

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::http::{self, BodyBudget, Gateway};
 use crate::ingest::{Faults, Writer};
-use crate::reconcile::Reconciler;
+use crate::reconcile::{self, Reconciler};
 use crate::replicate::Platform;
 use crate::retention;
 use crate::store::{self, DatabaseUrl, Store, StoreError};
@@ -26,6 +26,9 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("the platform's API cannot be used: {0}")]
     Platform(String),
+    /// A command that could not do its work.
+    #[error("{0}")]
+    Command(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -272,6 +275,47 @@ pub async fn prune(
     let pruned = retention::prune_all(&*store, policy, now, dry_run).await;
     store.close().await;
     Ok(pruned?)
+}
+
+/// `prediction-inbox reconcile`: migrates, then reads from the platform every unfinished
+/// prediction that is due (or the one named `id`, whatever its schedule), under the reconciler's
+/// lease and rate, and records what advances. What it did, or why it could not.
+pub async fn reconcile(
+    settings: Settings,
+    id: Option<String>,
+) -> Result<reconcile::Swept, ReconcileError> {
+    let (Some(platform), Some(reconciling)) = (&settings.gateway, settings.reconcile) else {
+        return Err(ReconcileError::Off);
+    };
+    let platform = Platform::new(platform).map_err(StartupError::Platform)?;
+    let store = store::open(&settings.database_url, 2)
+        .await
+        .map_err(StartupError::from)?;
+    store.migrate().await.map_err(StartupError::from)?;
+    let (writer, batch_writer) = Writer::new(store.clone(), None);
+    let stop = CancellationToken::new();
+    let writing = tokio::spawn(batch_writer.run(stop.clone()));
+    let reconciler = Reconciler::new(store.clone(), platform, writer, reconciling, worker_id());
+    let swept = match id {
+        Some(id) => reconciler.one(&id).await,
+        None => reconciler.sweep().await,
+    };
+    stop.cancel();
+    let _ = writing.await;
+    store.close().await;
+    Ok(swept?)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(
+        "reconciling needs REPLICATE_API_TOKEN and INBOX_WEBHOOK_URL set, and INBOX_RECONCILE_AFTER not 0"
+    )]
+    Off,
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error(transparent)]
+    Stopped(#[from] reconcile::Stopped),
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::fake_replicate::{self, FakeReplicate};
 use support::service::{Service, command};
 use support::{Backend, SECRET, TOKEN, TestDatabase, TestStore, now, prediction};
 
@@ -228,6 +229,66 @@ async fn prune_says_what_it_would_remove_then_removes_it(backend: Backend) {
         "removed 2 delivery records; dropped 0 bodies of superseded deliveries"
     );
     assert_eq!(store.count("deliveries").await, 1);
+}
+
+/// `reconcile --id` reads one prediction from the platform and records what advanced; without
+/// the platform's token it refuses, exit 2.
+async fn reconcile_reads_a_prediction_from_the_platform_once(backend: Backend) {
+    let fake = FakeReplicate::start().await;
+    let store = TestStore::create(backend).await;
+    // A prediction finished at the platform, which the inbox heard only start.
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/v1/predictions", fake.url()))
+        .bearer_auth(fake_replicate::ACCOUNT_TOKEN)
+        .json(&serde_json::json!({"version": fake_replicate::VERSION, "input": {"steps": 1}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let finished = fake.finished(&id).await;
+    let service = Service::start_with(&[("DATABASE_URL", &store.url())], &std::env::temp_dir());
+    let mut started = created.clone();
+    started["status"] = "processing".into();
+    assert_eq!(
+        deliver(&service.address, &started.to_string())
+            .await
+            .status(),
+        200
+    );
+    service.signal("-TERM");
+    assert_eq!(service.exit_code().0, Some(0));
+
+    let url = store.url();
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("INBOX_WEBHOOK_SECRETS", SECRET),
+        ("INBOX_API_TOKENS", TOKEN),
+        ("REPLICATE_API_TOKEN", fake_replicate::ACCOUNT_TOKEN),
+        ("INBOX_REPLICATE_API_URL", fake.url()),
+        ("INBOX_WEBHOOK_URL", "http://127.0.0.1:1/webhooks/replicate"),
+    ];
+    // Beside the fake, which answers from this test's runtime meanwhile.
+    let run = |env: &[(&str, &str)]| {
+        let mut command = command(env);
+        command.args(["reconcile", "--id", &id]);
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let without_token = run(&env[..3]).await.unwrap();
+    assert_eq!(without_token.status.code(), Some(2), "{without_token:?}");
+    let output = run(&env).await.unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(
+        stdout.lines().last().unwrap_or_default(),
+        "advanced 1; unchanged 0; missing at the platform 0; marked 0; skipped 0"
+    );
+    let status: Option<String> = store
+        .text(&format!("SELECT status FROM predictions WHERE id = '{id}'"))
+        .await;
+    assert_eq!(status.as_deref(), finished["status"].as_str());
 }
 
 /// The first run of retention on a database filled before it says what it will remove, then
@@ -484,6 +545,7 @@ support::on_each_backend!(
     nothing_acknowledged_is_lost_across_kill_9_and_sigterm_exits_0,
     prune_says_what_it_would_remove_then_removes_it,
     retentions_first_run_logs_what_it_will_remove_before_removing_it,
+    reconcile_reads_a_prediction_from_the_platform_once,
 );
 
 /// Every setting the service reads is in the README's table and in the example config file.
