@@ -41,8 +41,12 @@ enum Command {
     /// the reconciler's lease and INBOX_RECONCILE_RPS), record what advanced, and print it.
     Reconcile {
         /// Read this prediction alone, whatever its schedule.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "since")]
         id: Option<String>,
+        /// Catch up instead: list the platform's predictions created since this time (RFC 3339)
+        /// and import or finish those this inbox should know.
+        #[arg(long, value_parser = parse_time)]
+        since: Option<time::OffsetDateTime>,
     },
     /// Print the three webhook headers that sign FILE's exact bytes.
     Sign {
@@ -77,7 +81,7 @@ enum Command {
 enum Run {
     /// Boxed: the settings are many times the size of the other commands' needs.
     Serve(Box<Settings>),
-    Reconcile(Box<Settings>, Option<String>),
+    Reconcile(Box<Settings>, startup::ReconcileWhat),
     Migrate(DatabaseUrl, LogFormat),
     Prune {
         database_url: DatabaseUrl,
@@ -127,9 +131,14 @@ fn main() -> ExitCode {
         Command::Serve => {
             Settings::from_source(&source).map(|settings| Run::Serve(Box::new(settings)))
         }
-        Command::Reconcile { id } => {
-            Settings::from_source(&source).map(|settings| Run::Reconcile(Box::new(settings), id))
-        }
+        Command::Reconcile { id, since } => Settings::from_source(&source).map(|settings| {
+            let what = match (id, since) {
+                (Some(id), _) => startup::ReconcileWhat::One(id),
+                (None, Some(since)) => startup::ReconcileWhat::Since(since),
+                (None, None) => startup::ReconcileWhat::Due,
+            };
+            Run::Reconcile(Box::new(settings), what)
+        }),
         Command::Prune { dry_run, now } => Ok(Run::Prune {
             database_url: source.database_url()?,
             policy: source.retention()?,

@@ -133,7 +133,7 @@ fn describe() {
     );
     describe_counter!(
         RECONCILED,
-        "Predictions the reconciler read from the platform, by what came of it (advanced: recorded, unchanged, missing: 404, marked: no longer read, skipped: urls.get is not the platform's)"
+        "Predictions the reconciler read from the platform, by what came of it (advanced: recorded, imported: recorded, never heard of before, unchanged, missing: 404, marked: no longer read, skipped: urls.get is not the platform's)"
     );
     describe_histogram!(
         BATCH_SIZE,

@@ -35,6 +35,20 @@ pub struct Settings {
     pub after: Duration,
     /// Reads a second, at most, across the replicas (`INBOX_RECONCILE_RPS`).
     pub rps: u32,
+    /// How often the platform's list is read for predictions the inbox may have missed
+    /// (`INBOX_RECONCILE_CATCHUP_EVERY`); besides, at start and after an outage. `None`: never.
+    pub catchup_every: Option<Duration>,
+    /// Whose predictions a catch-up imports (`INBOX_RECONCILE_IMPORT`).
+    pub import: Import,
+}
+
+/// Whose predictions a catch-up imports when the inbox never heard of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Import {
+    /// Those whose `webhook` is this inbox's `INBOX_WEBHOOK_URL`.
+    Ours,
+    /// Every prediction of the account.
+    All,
 }
 
 /// The longest wait between two reads of one unfinished prediction.
@@ -52,11 +66,22 @@ const LEASE_TTL: Duration = Duration::from_secs(60);
 /// it lasts.
 const PAUSE_MIN: Duration = Duration::from_secs(1);
 const PAUSE_MAX: Duration = Duration::from_secs(300);
+/// Where the catch-up keeps the time it has listed through.
+const CATCHUP: &str = "catchup";
+/// Listed again before the checkpoint: predictions created just before it may not have been
+/// listed yet when it was set.
+const CATCHUP_MARGIN: Duration = Duration::from_secs(300);
+/// How far back the first catch-up on a database looks: the platform removes an API prediction's
+/// data after an hour.
+const FIRST_CATCHUP: Duration = Duration::from_secs(3600);
+/// The platform retries a terminal delivery for about this long: an outage longer than this has
+/// lost deliveries, and a catch-up follows it.
+const RETRY_WINDOW: Duration = Duration::from_secs(60);
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
-    /// Read, and recorded: the answer advanced the state.
+    /// Read, and recorded: the answer advanced the state (or, in a catch-up, was imported).
     pub advanced: u64,
     /// Read; the answer changed nothing.
     pub unchanged: u64,
@@ -110,11 +135,49 @@ impl Reconciler {
         }
     }
 
-    /// Sweeps whenever something may be due, while this replica holds the lease.
+    /// Sweeps whenever something may be due, while this replica holds the lease; catches up at
+    /// start, every `catchup_every`, and once the database answers again after an outage longer
+    /// than the platform's retries.
     pub async fn run(self: Arc<Self>) {
         let tick = (self.settings.after / 2).min(Duration::from_secs(5));
+        let mut caught_up: Option<Instant> = None;
+        let mut outage_since: Option<Instant> = None;
         loop {
-            let wait = match self.sweep().await {
+            let catch_up = match (self.settings.catchup_every, caught_up) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(every), Some(at)) => at.elapsed() >= every,
+            };
+            if catch_up {
+                match self.catch_up().await {
+                    Ok(swept) => {
+                        caught_up = Some(Instant::now());
+                        if swept != Swept::default() {
+                            tracing::info!(?swept, "caught up with the platform's list");
+                        }
+                    }
+                    Err(Stopped::NotHolder) => caught_up = Some(Instant::now()),
+                    Err(error) => {
+                        tracing::warn!(%error, "the catch-up stopped; it runs again later")
+                    }
+                }
+            }
+            let swept = self.sweep().await;
+            match (&swept, outage_since) {
+                (Err(Stopped::Store(_)), None) => outage_since = Some(Instant::now()),
+                (Err(Stopped::Store(_)), Some(_)) => {}
+                (_, Some(since)) => {
+                    if since.elapsed() > RETRY_WINDOW && self.settings.catchup_every.is_some() {
+                        tracing::info!(
+                            "the database is back after longer than the platform retries: catching up"
+                        );
+                        caught_up = None;
+                    }
+                    outage_since = None;
+                }
+                (_, None) => {}
+            }
+            let wait = match swept {
                 Ok(swept) => {
                     if swept != Swept::default() {
                         tracing::info!(?swept, "reconciled predictions from the platform");
@@ -160,6 +223,95 @@ impl Reconciler {
         }
     }
 
+    /// Lists the platform's predictions created since the checkpoint (less a margin), and reads
+    /// and records those this inbox should know and has not seen finish: imported if it never
+    /// heard of them. The most recently completed first, so that files and logs are fetched
+    /// before the platform removes them.
+    pub async fn catch_up(&self) -> Result<Swept, Stopped> {
+        self.catch_up_since(None).await
+    }
+
+    /// `catch_up`, from `since` rather than the checkpoint (`prediction-inbox reconcile --since`).
+    pub async fn catch_up_since(&self, since: Option<OffsetDateTime>) -> Result<Swept, Stopped> {
+        if !self.store.lease(LEASE, &self.holder, LEASE_TTL).await? {
+            return Err(Stopped::NotHolder);
+        }
+        let started = OffsetDateTime::now_utc();
+        let since = match since {
+            Some(since) => since,
+            None => match self.store.checkpoint(CATCHUP).await? {
+                Some(through) => through - CATCHUP_MARGIN,
+                None => started - FIRST_CATCHUP,
+            },
+        };
+        let mut url = self.platform.url(&[V1, PREDICTIONS]);
+        let since_text = since
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        url.query_pairs_mut()
+            .append_pair("created_after", &since_text);
+        let mut candidates: Vec<(String, Option<String>)> = Vec::new();
+        let mut next = Some(url);
+        while let Some(page) = next.take() {
+            self.pace().await;
+            let answer = match self.platform.get_url(Operation::List, page).await {
+                Ok(answer) => answer,
+                Err(_) => return Err(Stopped::Paused(self.pause_after(None).await)),
+            };
+            if answer.status == StatusCode::TOO_MANY_REQUESTS || answer.status.is_server_error() {
+                return Err(Stopped::Paused(self.pause_after(Some(&answer)).await));
+            }
+            let Ok(list) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
+                tracing::warn!(
+                    status = answer.status.as_u16(),
+                    "the platform's list could not be read"
+                );
+                return Ok(Swept::default());
+            };
+            for item in list["results"].as_array().into_iter().flatten() {
+                let Some(id) = item["id"].as_str() else {
+                    continue;
+                };
+                let ours = item["webhook"].as_str() == Some(self.platform.webhook_url());
+                if ours || self.settings.import == Import::All {
+                    let completed = item["completed_at"].as_str().map(str::to_owned);
+                    candidates.push((id.to_owned(), completed));
+                }
+            }
+            next = list["next"].as_str().and_then(|next| Url::parse(next).ok());
+        }
+        // Completed ones first, the latest first; unfinished ones after.
+        candidates.sort_by(|a, b| b.1.cmp(&a.1));
+        let mut swept = Swept::default();
+        for (id, _) in candidates {
+            if self.store.finished(&id).await? == Some(true) {
+                continue;
+            }
+            let Some(read_id) = Segment::parse(&id) else {
+                continue;
+            };
+            let stored = self.store.prediction(&id).await?;
+            let answer = self.read(PREDICTIONS, read_id).await?;
+            if !answer.status.is_success() {
+                continue;
+            }
+            let stored = stored.map(|stored| stored.body);
+            match self.record(stored.as_deref(), &answer).await? {
+                Recorded::Advanced { .. } => {
+                    swept.advanced += 1;
+                    metrics::reconciled(if stored.is_some() {
+                        "advanced"
+                    } else {
+                        "imported"
+                    });
+                }
+                Recorded::Unchanged => swept.unchanged += 1,
+            }
+        }
+        self.store.set_checkpoint(CATCHUP, started).await?;
+        Ok(swept)
+    }
+
     /// Reads one prediction `id` now, whatever its schedule: `prediction-inbox reconcile --id`.
     pub async fn one(&self, id: &str) -> Result<Swept, Stopped> {
         let mut swept = Swept::default();
@@ -196,25 +348,7 @@ impl Reconciler {
             };
             return Ok(self.store.schedule_reconcile(&id, &next).await?);
         };
-        self.pace().await;
-        let answer = self
-            .platform
-            .call(
-                Operation::Get,
-                Method::GET,
-                &[V1, kind, read_id],
-                HeaderMap::new(),
-                None,
-            )
-            .await;
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(_) => return Err(Stopped::Paused(self.pause_after(None).await)),
-        };
-        if answer.status == StatusCode::TOO_MANY_REQUESTS || answer.status.is_server_error() {
-            return Err(Stopped::Paused(self.pause_after(Some(&answer)).await));
-        }
-        *self.pause.lock().await = PAUSE_MIN;
+        let answer = self.read(kind, read_id).await?;
         let interval = due.last.as_ref().map_or(self.settings.after, |last| {
             (last.interval * 2).clamp(self.settings.after, MAX_INTERVAL)
         });
@@ -249,7 +383,7 @@ impl Reconciler {
             tracing::warn!(prediction_id = %id, status = answer.status.as_u16(), "the platform refused to read a prediction; trying again later");
             return Ok(self.store.schedule_reconcile(&id, &next).await?);
         }
-        match self.record(&due.prediction.body, &answer).await? {
+        match self.record(Some(&due.prediction.body), &answer).await? {
             Recorded::Advanced { terminal } => {
                 swept.advanced += 1;
                 metrics::reconciled("advanced");
@@ -285,11 +419,11 @@ impl Reconciler {
 
     /// Records `answer` if it advances the stored state. A terminal answer whose data was
     /// removed (`output` null) keeps the stored output: it is all there is of it.
-    async fn record(&self, stored: &str, answer: &Answer) -> Result<Recorded, StoreError> {
+    async fn record(&self, stored: Option<&str>, answer: &Answer) -> Result<Recorded, StoreError> {
         let Ok(text) = std::str::from_utf8(&answer.body) else {
             return Ok(Recorded::Unchanged);
         };
-        let (Ok(before), Ok(after)) = (Prediction::parse(stored), Prediction::parse(text)) else {
+        let Ok(after) = Prediction::parse(text) else {
             return Ok(Recorded::Unchanged);
         };
         // The order's first keys: what the platform's state holds, whoever sent it and when.
@@ -297,11 +431,17 @@ impl Reconciler {
             let progress = Progress::of(p, WebhookId::made("reconcile".into()), 0);
             (progress.rank, progress.logs_len, progress.output_len)
         };
-        if key(&after) <= key(&before) {
-            return Ok(Recorded::Unchanged);
+        // Unknown to the inbox: anything the platform says is more than nothing.
+        if let Some(stored) = stored {
+            match Prediction::parse(stored) {
+                Ok(before) if key(&after) > key(&before) => {}
+                _ => return Ok(Recorded::Unchanged),
+            }
         }
         let terminal = after.status.as_ref().is_some_and(|s| s.is_terminal());
-        let text = keep_the_stored_output(stored, text).unwrap_or_else(|| text.to_owned());
+        let text = stored
+            .and_then(|stored| keep_the_stored_output(stored, text))
+            .unwrap_or_else(|| text.to_owned());
         let deadline = Instant::now() + Duration::from_secs(30);
         match ingest::record_answer(&self.writer, Source::Reconcile, text, deadline).await {
             Ok(_) => Ok(Recorded::Advanced { terminal }),
@@ -311,6 +451,32 @@ impl Reconciler {
                 Ok(Recorded::Unchanged)
             }
         }
+    }
+
+    /// Reads one prediction (or training) from the platform in the next slot of the rate: its
+    /// answer, unless the platform asked to slow down, failed or could not be reached, which
+    /// pauses the reconciler.
+    async fn read(&self, kind: Segment<'static>, id: Segment<'_>) -> Result<Answer, Stopped> {
+        self.pace().await;
+        let answer = self
+            .platform
+            .call(
+                Operation::Get,
+                Method::GET,
+                &[V1, kind, id],
+                HeaderMap::new(),
+                None,
+            )
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(_) => return Err(Stopped::Paused(self.pause_after(None).await)),
+        };
+        if answer.status == StatusCode::TOO_MANY_REQUESTS || answer.status.is_server_error() {
+            return Err(Stopped::Paused(self.pause_after(Some(&answer)).await));
+        }
+        *self.pause.lock().await = PAUSE_MIN;
+        Ok(answer)
     }
 
     /// Waits for the next slot of the rate.

@@ -100,6 +100,7 @@ pub enum Operation {
     Get,
     Version,
     File,
+    List,
 }
 
 impl Operation {
@@ -110,6 +111,7 @@ impl Operation {
             Self::Get => "get",
             Self::Version => "version",
             Self::File => "file",
+            Self::List => "list",
         }
     }
 }
@@ -128,6 +130,10 @@ pub enum UpstreamError {
     TokenRefused,
     #[error("the platform's answer is larger than the inbox reads")]
     TooLarge,
+    /// A URL the platform handed out (a list's `next`) that is not on its API: never followed,
+    /// since the account's token would go with it.
+    #[error("a link in the platform's answer leads off its API")]
+    NotThePlatform,
 }
 
 /// An answer of the platform, read whole.
@@ -227,6 +233,29 @@ impl Platform {
         let started = Instant::now();
         let answered = async {
             let response = self.send(method, segments, headers, body).await?;
+            read_answer(response).await
+        }
+        .await;
+        record(operation, started, &answered.as_ref().map(|a| a.status));
+        answered
+    }
+
+    /// `GET url`, a URL the platform handed out (a list's `next`), read whole: only if it is on
+    /// the API, since the account's token goes with it.
+    pub async fn get_url(&self, operation: Operation, url: Url) -> Result<Answer, UpstreamError> {
+        if self.api_path(&url).is_none() {
+            return Err(UpstreamError::NotThePlatform);
+        }
+        let started = Instant::now();
+        let answered = async {
+            let response = self
+                .http
+                .get(url)
+                .header(header::AUTHORIZATION, self.authorization.clone())
+                .send()
+                .await
+                .map_err(failure)
+                .and_then(refused_token)?;
             read_answer(response).await
         }
         .await;
@@ -344,6 +373,7 @@ fn record(operation: Operation, started: Instant, answered: &Result<StatusCode, 
         Err(UpstreamError::TimedOut) => "timeout",
         Err(UpstreamError::Unreachable) => "unreachable",
         Err(UpstreamError::TooLarge) => "too_large",
+        Err(UpstreamError::NotThePlatform) => "not_the_platform",
     };
     metrics::upstream(operation.as_str(), outcome, started.elapsed());
 }

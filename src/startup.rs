@@ -282,7 +282,7 @@ pub async fn prune(
 /// lease and rate, and records what advances. What it did, or why it could not.
 pub async fn reconcile(
     settings: Settings,
-    id: Option<String>,
+    what: ReconcileWhat,
 ) -> Result<reconcile::Swept, ReconcileError> {
     let (Some(platform), Some(reconciling)) = (&settings.gateway, settings.reconcile) else {
         return Err(ReconcileError::Off);
@@ -296,14 +296,26 @@ pub async fn reconcile(
     let stop = CancellationToken::new();
     let writing = tokio::spawn(batch_writer.run(stop.clone()));
     let reconciler = Reconciler::new(store.clone(), platform, writer, reconciling, worker_id());
-    let swept = match id {
-        Some(id) => reconciler.one(&id).await,
-        None => reconciler.sweep().await,
+    let swept = match what {
+        ReconcileWhat::One(id) => reconciler.one(&id).await,
+        ReconcileWhat::Since(since) => reconciler.catch_up_since(Some(since)).await,
+        ReconcileWhat::Due => reconciler.sweep().await,
     };
     stop.cancel();
     let _ = writing.await;
     store.close().await;
     Ok(swept?)
+}
+
+/// What `prediction-inbox reconcile` reads.
+#[derive(Debug)]
+pub enum ReconcileWhat {
+    /// Every unfinished prediction that is due.
+    Due,
+    /// One prediction, now.
+    One(String),
+    /// A catch-up from this time.
+    Since(time::OffsetDateTime),
 }
 
 #[derive(Debug, thiserror::Error)]

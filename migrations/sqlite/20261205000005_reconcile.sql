@@ -1,4 +1,4 @@
--- The reconciler, as in migrations/postgres (`reconcile`, `unfinished_predictions`); times are
+-- The reconciler, as in migrations/postgres (`reconcile`); times are
 -- Unix microseconds.
 CREATE TABLE reconcile (
     prediction_id TEXT PRIMARY KEY NOT NULL REFERENCES predictions (id) ON DELETE CASCADE,
@@ -9,4 +9,6 @@ CREATE TABLE reconcile (
     marked        TEXT
 ) STRICT;
 
-CREATE INDEX predictions_unfinished_idx ON predictions (updated_at) WHERE progress_rank < 2;
+-- The predictions in flight, which the reconciler reads (Postgres finds them in its index on
+-- `settled` instead).
+CREATE INDEX predictions_unfinished_idx ON predictions (id) WHERE progress_rank < 2;

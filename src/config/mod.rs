@@ -209,7 +209,8 @@ impl Source {
         Ok(Some(settings))
     }
 
-    /// `INBOX_RECONCILE_AFTER` (`0`: off) and `INBOX_RECONCILE_RPS`.
+    /// `INBOX_RECONCILE_AFTER` (`0`: off), `INBOX_RECONCILE_RPS`, `INBOX_RECONCILE_CATCHUP_EVERY`
+    /// (`0`: never) and `INBOX_RECONCILE_IMPORT`.
     fn reconcile(&self) -> Result<Option<reconcile::Settings>, ConfigError> {
         let key = "INBOX_RECONCILE_AFTER";
         let text = self.get(key).unwrap_or_else(|| "2m".to_owned());
@@ -220,7 +221,30 @@ impl Source {
             )
         })?;
         let rps = self.positive("INBOX_RECONCILE_RPS", 10, "reads a second")?;
-        Ok(after.map(|after| reconcile::Settings { after, rps }))
+        let every_key = "INBOX_RECONCILE_CATCHUP_EVERY";
+        let every = self.get(every_key).unwrap_or_else(|| "10m".to_owned());
+        let catchup_every = retention::parse_age(&every).ok_or_else(|| {
+            ConfigError::new(
+                every_key,
+                "must be 0 (never) or a whole number and a unit: 10m, 1h",
+            )
+        })?;
+        let import = match self.get("INBOX_RECONCILE_IMPORT").as_deref().map(str::trim) {
+            None | Some("ours") => reconcile::Import::Ours,
+            Some("all") => reconcile::Import::All,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "INBOX_RECONCILE_IMPORT",
+                    "must be `ours` or `all`",
+                ));
+            }
+        };
+        Ok(after.map(|after| reconcile::Settings {
+            after,
+            rps,
+            catchup_every,
+            import,
+        }))
     }
 
     pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
@@ -483,6 +507,8 @@ mod tests {
             ("INBOX_ALLOWED_MODELS", "owner/name/extra"),
             ("INBOX_RECONCILE_AFTER", "soon"),
             ("INBOX_RECONCILE_RPS", "0"),
+            ("INBOX_RECONCILE_CATCHUP_EVERY", "often"),
+            ("INBOX_RECONCILE_IMPORT", "some"),
         ] {
             let error = error_with(&[(key, value)]);
             assert_eq!(error.key, key, "{value}");

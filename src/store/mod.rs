@@ -156,6 +156,12 @@ pub trait Store: Send + Sync + 'static {
     /// When prediction `id` is to be read from the platform again, and how this read went.
     async fn schedule_reconcile(&self, id: &str, next: &NextRead) -> Result<(), StoreError>;
 
+    /// The time job `name` has got through (table `checkpoints`), if it ever ran.
+    async fn checkpoint(&self, name: &str) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    /// Records that job `name` has got through `at`.
+    async fn set_checkpoint(&self, name: &str, at: OffsetDateTime) -> Result<(), StoreError>;
+
     /// A feed of the ids of predictions whose change has been committed, by any process that
     /// shares this database.
     async fn change_feed(&self) -> Result<Box<dyn ChangeFeed>, StoreError>;
@@ -530,6 +536,11 @@ const DUE_FOR_RECONCILE: &str = "\
     WHERE p.progress_rank < $4 AND p.updated_at < $1 \
       AND (r.prediction_id IS NULL OR (r.marked IS NULL AND r.next_at <= $2)) \
     ORDER BY coalesce(r.next_at, p.updated_at) LIMIT $3";
+
+/// A checkpoint, and setting one, on either backend.
+const CHECKPOINT: &str = "SELECT through_at FROM checkpoints WHERE name = $1";
+const SET_CHECKPOINT: &str = "INSERT INTO checkpoints (name, through_at) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE SET through_at = excluded.through_at";
 
 /// Records a prediction's next read, on either backend.
 const SCHEDULE_RECONCILE: &str = "\

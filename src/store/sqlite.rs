@@ -340,6 +340,25 @@ impl Store for Sqlite {
         Ok(())
     }
 
+    async fn checkpoint(&self, name: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+        let micros: Option<i64> = sqlx::query_scalar(store::CHECKPOINT)
+            .bind(name)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(micros
+            .map(|at| micros_to_time(at, "through_at"))
+            .transpose()?)
+    }
+
+    async fn set_checkpoint(&self, name: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query(store::SET_CHECKPOINT)
+            .bind(name)
+            .bind(unix_micros(at))
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     async fn change_feed(&self) -> Result<Box<dyn ChangeFeed>, StoreError> {
         Ok(Box::new(InProcess(self.changes.subscribe())))
     }

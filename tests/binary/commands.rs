@@ -237,16 +237,11 @@ async fn reconcile_reads_a_prediction_from_the_platform_once(backend: Backend) {
     let fake = FakeReplicate::start().await;
     let store = TestStore::create(backend).await;
     // A prediction finished at the platform, which the inbox heard only start.
-    let created: Value = reqwest::Client::new()
-        .post(format!("{}/v1/predictions", fake.url()))
-        .bearer_auth(fake_replicate::ACCOUNT_TOKEN)
-        .json(&serde_json::json!({"version": fake_replicate::VERSION, "input": {"steps": 1}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = fake
+        .create_directly(
+            serde_json::json!({"version": fake_replicate::VERSION, "input": {"steps": 1}}),
+        )
+        .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let finished = fake.finished(&id).await;
     let service = Service::start_with(&[("DATABASE_URL", &store.url())], &std::env::temp_dir());

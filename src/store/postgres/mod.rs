@@ -392,6 +392,27 @@ impl Store for Postgres {
         Ok(())
     }
 
+    async fn checkpoint(&self, name: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+        Ok(self
+            .live(|| {
+                sqlx::query_scalar(store::CHECKPOINT)
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+            })
+            .await?)
+    }
+
+    async fn set_checkpoint(&self, name: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        self.live(|| {
+            sqlx::query(store::SET_CHECKPOINT)
+                .bind(name)
+                .bind(at)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
     async fn change_feed(&self) -> Result<Box<dyn ChangeFeed>, StoreError> {
         Ok(Box::new(listen::ChangeListener::connect(&self.pool).await?))
     }

@@ -249,6 +249,22 @@ impl FakeReplicate {
             .unwrap_or(0)
     }
 
+    /// Creates a prediction at the platform as any client of it would, with the account's token:
+    /// the prediction it answered.
+    pub async fn create_directly(&self, body: Value) -> Value {
+        self.0
+            .http
+            .post(format!("{}/v1/predictions", self.0.address))
+            .bearer_auth(ACCOUNT_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Every API answer is held this long first.
     pub fn answer_slowly(&self, delay: Option<Duration>) {
         lock(&self.0.faults).slow = delay;

@@ -443,8 +443,9 @@ pub async fn spawn_app_with_faults(
     TestApp::over(store, instance)
 }
 
-/// An app whose gateway calls `fake`, with `CREATE_TOKEN` among its tokens: its port is chosen
-/// first, since the webhook URL it gives the platform names it.
+/// An app whose gateway calls `fake`, with `CREATE_TOKEN` among its tokens, and the reconciler
+/// off unless `overrides` set `INBOX_RECONCILE_AFTER`: its port is chosen first, since the
+/// webhook URL it gives the platform names it.
 pub async fn spawn_gateway_app(
     backend: Backend,
     fake: &fake_replicate::FakeReplicate,
@@ -461,7 +462,18 @@ pub async fn start_gateway(
     fake: &fake_replicate::FakeReplicate,
     overrides: &[(&str, &str)],
 ) -> Instance {
-    let listen = format!("127.0.0.1:{}", bench::free_port());
+    start_gateway_on(bench::free_port(), database_url, fake, overrides).await
+}
+
+/// As `start_gateway`, listening on `port`: the webhook URL that predictions created before it
+/// started already name.
+pub async fn start_gateway_on(
+    port: u16,
+    database_url: &str,
+    fake: &fake_replicate::FakeReplicate,
+    overrides: &[(&str, &str)],
+) -> Instance {
+    let listen = format!("127.0.0.1:{port}");
     let webhook = format!("http://{listen}/webhooks/replicate");
     let mut all = vec![
         ("INBOX_LISTEN", listen.as_str()),
@@ -469,6 +481,9 @@ pub async fn start_gateway(
         ("REPLICATE_API_TOKEN", fake_replicate::ACCOUNT_TOKEN),
         ("INBOX_REPLICATE_API_URL", fake.url()),
         ("INBOX_CREATE_TOKENS", CREATE_TOKEN),
+        // Off unless a test turns it on: its reads of the platform would mix with what the
+        // gateway's tests count.
+        ("INBOX_RECONCILE_AFTER", "0"),
     ];
     all.retain(|(key, _)| !overrides.iter().any(|(k, _)| k == key));
     all.extend_from_slice(overrides);
