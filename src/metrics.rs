@@ -29,6 +29,7 @@ pub const UPSTREAM_REQUESTS: &str = "inbox_upstream_requests_total";
 pub const UPSTREAM_DURATION: &str = "inbox_upstream_duration_seconds";
 pub const CREATES: &str = "inbox_creates_total";
 pub const RECONCILED: &str = "inbox_reconciled_total";
+pub const OLDEST_UNFINISHED: &str = "inbox_oldest_unfinished_seconds";
 
 /// Seconds; from well under a millisecond (an ingest) to a full `Prefer: wait`.
 const BUCKETS: &[f64] = &[
@@ -173,6 +174,10 @@ fn describe() {
         "Bytes of INBOX_MAX_INFLIGHT_BODY_BYTES not held by a request body now, by part: shared (any body) or reserve (bodies under 1 MiB)"
     );
     describe_gauge!(
+        OLDEST_UNFINISHED,
+        "How long the unfinished prediction that has heard nothing for longest has heard nothing (0: none unfinished); refreshed with the counts. A value that keeps growing means webhooks are not arriving and nothing reconciles"
+    );
+    describe_gauge!(
         PREDICTIONS,
         "Predictions stored, by status (unknown statuses count as other); refreshed at most every 15 s"
     );
@@ -304,6 +309,10 @@ pub fn reconciled(outcome: &'static str) {
 /// One create through the gateway.
 pub fn create(outcome: &'static str) {
     counter!(CREATES, "outcome" => outcome).increment(1);
+}
+
+pub fn oldest_unfinished(age: Duration) {
+    gauge!(OLDEST_UNFINISHED).set(age.as_secs_f64());
 }
 
 pub fn predictions(status: &'static str, count: i64) {

@@ -243,6 +243,9 @@ async fn metrics_count_what_the_service_does(backend: Backend) {
         value(&text, "inbox_predictions", &[("status", "other")]),
         1.0
     );
+    // p2, of an unknown status, is unfinished: it heard its delivery seconds ago.
+    let oldest = value(&text, "inbox_oldest_unfinished_seconds", &[]);
+    assert!((0.0..60.0).contains(&oldest), "{oldest}");
     assert_eq!(
         value(&text, "inbox_predictions", &[("status", "starting")]),
         0.0

@@ -79,6 +79,20 @@ async fn scrape(State(state): State<AppState>) -> Response {
             Ok(Err(error)) => tracing::warn!(%error, "cannot count predictions"),
             Err(_) => tracing::warn!("counting predictions took too long"),
         }
+        match tokio::time::timeout(COUNT_TIMEOUT, state.store.oldest_unfinished()).await {
+            Ok(Ok(oldest)) => {
+                let age = oldest.map_or(0.0, |at| {
+                    (time::OffsetDateTime::now_utc() - at)
+                        .as_seconds_f64()
+                        .max(0.0)
+                });
+                metrics::oldest_unfinished(std::time::Duration::from_secs_f64(age));
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot read the oldest unfinished prediction")
+            }
+            Err(_) => tracing::warn!("reading the oldest unfinished prediction took too long"),
+        }
     }
     let handle = metrics::handle();
     handle.run_upkeep();

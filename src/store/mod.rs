@@ -49,6 +49,10 @@ pub trait Store: Send + Sync + 'static {
     /// How many predictions have each status, as stored (`None`: no status).
     async fn count_by_status(&self) -> Result<Vec<(Option<String>, i64)>, StoreError>;
 
+    /// When the unfinished prediction that has heard nothing for longest last heard something;
+    /// `None` if none is unfinished.
+    async fn oldest_unfinished(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+
     /// Records a batch of deliveries, and advances each prediction's latest state to the greatest
     /// progress among them if that is greater than the stored one, in one transaction.
     ///

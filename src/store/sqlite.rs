@@ -306,6 +306,16 @@ impl Store for Sqlite {
             .await?)
     }
 
+    async fn oldest_unfinished(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let micros: Option<i64> =
+            sqlx::query_scalar("SELECT min(updated_at) FROM predictions WHERE progress_rank < 2")
+                .fetch_one(&self.readers)
+                .await?;
+        Ok(micros
+            .map(|at| micros_to_time(at, "updated_at"))
+            .transpose()?)
+    }
+
     async fn due_for_reconcile(
         &self,
         quiet_before: OffsetDateTime,

@@ -166,6 +166,16 @@ impl Store for Postgres {
             .await?)
     }
 
+    async fn oldest_unfinished(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        // In flight is `settled = ''`, a range of its index (see `due_for_reconcile`).
+        Ok(self
+            .live(|| {
+                sqlx::query_scalar("SELECT min(updated_at) FROM predictions WHERE settled = ''")
+                    .fetch_one(&self.pool)
+            })
+            .await?)
+    }
+
     /// Records the batch on the assumption that none of it was seen before, which is nearly
     /// always true. A delivery seen before breaks the deliveries' primary key, which undoes the
     /// attempt; the next one reads which of the batch's ids are recorded and leaves them out.
