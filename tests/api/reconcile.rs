@@ -19,6 +19,7 @@ on_each_backend!(
     a_prediction_the_platform_keeps_not_knowing_is_marked_and_left_alone,
     trainings_are_read_at_their_own_route_and_other_hosts_never,
     after_an_outage_the_catch_up_imports_what_every_webhook_missed,
+    a_moment_of_404_is_not_a_verdict,
 );
 
 const QUICK: [(&str, &str); 2] = [
@@ -169,6 +170,72 @@ async fn a_prediction_the_platform_keeps_not_knowing_is_marked_and_left_alone(ba
         "a marked prediction was read again"
     );
     assert_eq!(status(&app, &id).await["status"], "processing");
+}
+
+/// A fresh prediction can be `404` for a moment: one or two such answers mark nothing, and the
+/// prediction is finished once the platform knows it again.
+async fn a_moment_of_404_is_not_a_verdict(backend: Backend) {
+    let fake = FakeReplicate::start().await;
+    fake.drop_webhooks_where(|_, event| event == "completed");
+    // No catch-up: only the sweep's reads, after the platform forgot it.
+    let quick = [QUICK[0], QUICK[1], ("INBOX_RECONCILE_CATCHUP_EVERY", "0")];
+    let app = spawn_gateway_app(backend, &fake, &quick).await;
+    let id = create(&app, json!({"steps": 1})).await;
+    let finished = fake.finished(&id).await;
+    let path = format!("/v1/predictions/{id}");
+    let before = fake.count("GET", &path);
+    fake.forget(&id);
+    eventually("the platform answered 404 once", || async {
+        fake.count("GET", &path) > before
+    })
+    .await;
+    assert_ne!(status(&app, &id).await["status"], "succeeded");
+    fake.restore(finished);
+    eventually("the prediction is finished", || async {
+        status(&app, &id).await["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(marked(&app, &id).await, None);
+}
+
+/// An API that cannot be reached pauses the reconciler, and nothing else: deliveries and reads go
+/// on as before.
+#[tokio::test]
+async fn an_unreachable_platform_never_holds_up_deliveries_or_reads() {
+    let fake = FakeReplicate::start().await;
+    let closed = support::bench::free_port();
+    let api = format!("http://127.0.0.1:{closed}");
+    let app = spawn_gateway_app(
+        Backend::Sqlite,
+        &fake,
+        &[
+            ("INBOX_REPLICATE_API_URL", &api),
+            ("INBOX_RECONCILE_AFTER", "1s"),
+        ],
+    )
+    .await;
+    let stuck = json!({
+        "id": "p-stuck", "status": "processing",
+        "urls": {"get": format!("{api}/v1/predictions/p-stuck")},
+    });
+    app.deliver(&Delivery::new(stuck.to_string())).await;
+    // The reconciler has tried, and failed to reach it.
+    eventually("a read of the platform failed", || async {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        text.lines().any(|line| {
+            line.starts_with("inbox_upstream_requests_total")
+                && line.contains("operation=\"get\"")
+                && line.contains("outcome=\"unreachable\"")
+        })
+    })
+    .await;
+    for i in 0..20 {
+        let id = format!("p-going-on-{i}");
+        let body = json!({"id": id, "status": "succeeded"}).to_string();
+        assert_eq!(app.deliver(&Delivery::new(body)).await, "applied");
+        assert_eq!(status(&app, &id).await["status"], "succeeded");
+    }
+    assert_eq!(status(&app, "p-stuck").await["status"], "processing");
 }
 
 async fn trainings_are_read_at_their_own_route_and_other_hosts_never(backend: Backend) {

@@ -201,6 +201,13 @@ impl FakeReplicate {
         self.update(id, change);
     }
 
+    /// Knows a prediction again, as it was (after `forget`).
+    pub fn restore(&self, prediction: Value) {
+        let id = prediction["id"].as_str().unwrap_or_default().to_owned();
+        lock(&self.0.predictions).insert(id, prediction);
+        self.0.changed.notify_waiters();
+    }
+
     /// Forgets a prediction: reads of it are then `404`.
     pub fn forget(&self, id: &str) {
         lock(&self.0.predictions).remove(id);
