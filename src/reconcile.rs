@@ -157,6 +157,15 @@ impl Reconciler {
                         }
                     }
                     Err(Stopped::NotHolder) => caught_up = Some(Instant::now()),
+                    // Tried again after the pause the platform asked for, before any sweep.
+                    Err(Stopped::Paused(pause)) => {
+                        tracing::warn!(
+                            ?pause,
+                            "the catch-up pauses: the platform asked to slow down, failed or could not be reached"
+                        );
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "the catch-up stopped; it runs again later")
                     }

@@ -303,6 +303,23 @@ async fn the_platform_asking_to_slow_down_pauses_the_reconciler() {
     );
 }
 
+/// The catch-up's list refused with a `Retry-After` is read again no sooner than asked.
+#[tokio::test]
+async fn the_catch_up_waits_as_long_as_the_platform_asks() {
+    let fake = FakeReplicate::start().await;
+    fake.answer_next(&[(StatusCode::TOO_MANY_REQUESTS, Some("2"))]);
+    let _app = spawn_gateway_app(Backend::Sqlite, &fake, &QUICK).await;
+    let lists = || {
+        fake.seen()
+            .into_iter()
+            .filter(|s| s.method == "GET" && s.path == "/v1/predictions")
+            .collect::<Vec<_>>()
+    };
+    eventually("the list is read again", || async { lists().len() >= 2 }).await;
+    let lists = lists();
+    assert!(lists[1].at - lists[0].at >= Duration::from_secs(2));
+}
+
 #[tokio::test]
 async fn two_replicas_read_each_prediction_once() {
     let fake = FakeReplicate::start().await;
