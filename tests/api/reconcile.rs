@@ -67,7 +67,12 @@ fn lost(id: &str) -> bool {
 
 async fn lost_terminal_webhooks_are_repaired_within_the_rate(backend: Backend) {
     let fake = FakeReplicate::start().await;
-    let app = spawn_gateway_app(backend, &fake, &QUICK).await;
+    // Well below what one sweep reads unpaced (50 to 60 a second here).
+    let rate = [
+        ("INBOX_RECONCILE_AFTER", "1s"),
+        ("INBOX_RECONCILE_RPS", "20"),
+    ];
+    let app = spawn_gateway_app(backend, &fake, &rate).await;
     fake.drop_webhooks_where(|id, event| event == "completed" && lost(id));
     let ids: Vec<String> = futures_util::stream::iter(0..1000)
         .map(|_| create(&app, json!({"steps": 1, "step_ms": 10})))
@@ -88,9 +93,12 @@ async fn lost_terminal_webhooks_are_repaired_within_the_rate(backend: Backend) {
         waited.unwrap().json::<Value>().await.unwrap()["status"],
         "succeeded"
     );
+    // Reads leave 50 ms apart at the least; they arrive with the scheduling jitter of a loaded
+    // machine, so one second at the fake may hold one or two more.
+    let most = fake.most_in_a_second("GET", "/v1/predictions/");
     assert!(
-        fake.most_in_a_second("GET", "/v1/predictions/") <= 50,
-        "the platform was read faster than INBOX_RECONCILE_RPS"
+        most <= 22,
+        "the platform was read faster than INBOX_RECONCILE_RPS: {most} in a second"
     );
     assert!(
         fake.webhooks_sent()
