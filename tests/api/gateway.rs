@@ -330,6 +330,39 @@ async fn an_answer_the_inbox_makes_never_replaces_a_terminal_state(backend: Back
     assert_eq!(app.deliver(&Delivery::new(failed)).await, "applied");
 }
 
+/// The caller's body reaches the platform as it was sent: its members in their order, numbers no
+/// double holds, spacing; the inbox only adds its two.
+#[tokio::test]
+async fn a_create_body_is_forwarded_as_sent() {
+    let fake = FakeReplicate::start().await;
+    let app = spawn_gateway_app(Backend::Sqlite, &fake, &[]).await;
+    let sent = format!(
+        r#"{{"version":"{VERSION}","input":{{"seed":123456789012345678901234567890,"z":1,"a":[1, 2]}}}}"#
+    );
+    let answer = app
+        .client
+        .post(format!("{}/v1/predictions", app.address))
+        .bearer_auth(CREATE_TOKEN)
+        .header("content-type", "application/json")
+        .body(sent.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let forwarded = fake
+        .seen()
+        .into_iter()
+        .find(|s| s.path == "/v1/predictions")
+        .unwrap();
+    let forwarded = String::from_utf8(forwarded.body.to_vec()).unwrap();
+    let expected = format!(
+        r#"{},"webhook":"{}/webhooks/replicate","webhook_events_filter":["start","output","logs","completed"]}}"#,
+        &sent[..sent.len() - 1],
+        app.address
+    );
+    assert_eq!(forwarded, expected);
+}
+
 #[tokio::test]
 async fn without_the_account_token_the_routes_answer_501() {
     let app = spawn_app(Backend::Sqlite).await;

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 use utoipa::ToSchema;
@@ -18,6 +18,7 @@ use utoipa::openapi::{
 
 use super::answer::{self, as_the_inbox_answers, passed_on};
 use super::{Gateway, gateway, segment};
+use crate::domain::Members;
 use crate::http::auth::Creator;
 use crate::http::error::PROBLEM_JSON;
 use crate::http::predictions::{WaitPreference, wait_for_end};
@@ -226,12 +227,14 @@ async fn create(
         .bodies
         .read(&headers, body, state.settings.max_body_bytes)
         .await?;
-    let mut request: Map<String, Value> = serde_json::from_slice(&bytes)
-        .map_err(|_| ApiError::BadRequest("the body must be a JSON object".into()))?;
-    drop(bytes);
+    // The caller's body goes on as it came, member by member (an input's numbers and key order
+    // included), with the inbox's two members added.
+    let not_an_object = || ApiError::BadRequest("the body must be a JSON object".into());
+    let text = std::str::from_utf8(&bytes).map_err(|_| not_an_object())?;
+    let members = Members::parse(text).ok_or_else(not_an_object)?;
     if let Some(key) = WIRED_BY_THE_INBOX
         .iter()
-        .find(|key| request.contains_key(**key))
+        .find(|key| members.get(key).is_some())
     {
         metrics::create("refused");
         return Err(ApiError::BadRequest(format!(
@@ -239,15 +242,24 @@ async fn create(
              with every event; read the prediction from the inbox"
         )));
     }
-    if let Err(error) = check_allowed(gateway, &target, &request).await {
+    let version: Option<String> = members
+        .get("version")
+        .and_then(|raw| serde_json::from_str(raw.get()).ok());
+    if let Err(error) = check_allowed(gateway, &target, version.as_deref()).await {
         metrics::create("refused");
         return Err(error);
     }
-    request.insert(
-        "webhook".into(),
-        Value::String(gateway.platform.webhook_url().to_owned()),
-    );
-    request.insert("webhook_events_filter".into(), EVERY_EVENT.into());
+    let mut forwarded = members.write(|_, _| None);
+    forwarded.pop();
+    if forwarded.len() > 1 {
+        forwarded.push(',');
+    }
+    forwarded.push_str("\"webhook\":");
+    forwarded.push_str(&Value::String(gateway.platform.webhook_url().to_owned()).to_string());
+    forwarded.push_str(",\"webhook_events_filter\":");
+    forwarded.push_str(&Value::from(EVERY_EVENT.to_vec()).to_string());
+    forwarded.push('}');
+    drop(bytes);
     let segments: Vec<Segment<'_>> = match &target {
         Target::Version => vec![V1, PREDICTIONS],
         Target::Model(owner, name) => {
@@ -262,9 +274,7 @@ async fn create(
     if let Some(cancel_after) = headers.get("cancel-after") {
         upstream.insert("cancel-after", cancel_after.clone());
     }
-    let body = serde_json::to_vec(&request)
-        .map_err(|_| ApiError::BadRequest("the body could not be forwarded".into()))?;
-    drop(request);
+    let body = forwarded.into_bytes();
     let calling = Instant::now();
     let answered = gateway
         .platform
@@ -351,13 +361,14 @@ async fn answered_to_the_caller(
     response
 }
 
-/// Refuses a create that `INBOX_ALLOWED_MODELS` does not allow. A deployment is matched by its own
+/// Refuses a create that `INBOX_ALLOWED_MODELS` does not allow (`version`: the body's, if a
+/// string). A deployment is matched by its own
 /// `owner/name`; a bare version id, by asking the platform whether it is a version of one of the
 /// models the patterns name exactly (wildcards cannot be looked up under).
 async fn check_allowed(
     gateway: &Gateway,
     target: &Target<'_>,
-    request: &Map<String, Value>,
+    version: Option<&str>,
 ) -> Result<(), ApiError> {
     let Some(allowed) = &gateway.allowed_models else {
         return Ok(());
@@ -374,15 +385,11 @@ async fn check_allowed(
                 false => refused(&format!("`{}/{}`", owner.as_str(), name.as_str())),
             };
         }
-        Target::Version => request
-            .get("version")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                ApiError::BadRequest(
-                    "`version` must be a string: a version id, `owner/name` or `owner/name:id`"
-                        .into(),
-                )
-            })?,
+        Target::Version => version.ok_or_else(|| {
+            ApiError::BadRequest(
+                "`version` must be a string: a version id, `owner/name` or `owner/name:id`".into(),
+            )
+        })?,
     };
     let model = version.split_once(':').map_or(version, |(model, _)| model);
     if let Some((owner, name)) = model.split_once('/') {
