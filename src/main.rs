@@ -180,8 +180,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match run {
             Run::Serve(settings) => {
+                // Before any worker starts: see `shutdown_signal`.
+                let shutdown = startup::shutdown_signal();
                 let application = Application::build(*settings).await?;
-                application.run_until(startup::shutdown_signal()).await;
+                application.run_until(shutdown).await;
                 Ok(())
             }
             Run::Migrate(database_url, _) => startup::migrate(&database_url).await,

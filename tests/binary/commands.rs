@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::fake_replicate::{self, FakeReplicate};
 use support::service::{Service, command};
-use support::{Backend, SECRET, TOKEN, TestDatabase, TestStore, now, prediction};
+use support::{Backend, SECRET, TOKEN, TestDatabase, TestFile, TestStore, now, prediction};
 
 #[test]
 fn missing_or_malformed_settings_stop_start_up_with_exit_2_naming_the_setting() {
@@ -348,6 +348,40 @@ async fn nothing_acknowledged_is_lost_across_kill_9_and_sigterm_exits_0(backend:
     let log = log.join("\n");
     for secret in [SECRET, TOKEN, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] {
         assert!(!log.contains(secret), "a secret reached the log");
+    }
+}
+
+/// A SIGTERM that comes while the service is still starting (its store ready, its workers about
+/// to start) shuts it down in order, exit 0: the handler is registered before anything starts.
+#[test]
+fn sigterm_during_start_up_still_exits_0() {
+    use std::io::{BufRead, BufReader};
+    for _ in 0..5 {
+        let db = TestFile::create();
+        let url = db.url();
+        let mut child = command(&[
+            ("DATABASE_URL", &url),
+            ("INBOX_WEBHOOK_SECRETS", SECRET),
+            ("INBOX_API_TOKENS", TOKEN),
+            ("INBOX_LISTEN", "127.0.0.1:0"),
+            ("INBOX_LOG_FORMAT", "json"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        // The first line: the store is ready; workers and the server come next.
+        let first = lines.next().unwrap().unwrap();
+        assert!(first.contains("store ready"), "{first}");
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{status:?}: {first}\n{rest:#?}");
     }
 }
 
