@@ -205,7 +205,6 @@ impl Source {
             webhook_url: webhook_url.trim().to_owned(),
             timeout,
         };
-        replicate::Platform::new(&settings).map_err(|reason| ConfigError::new(api_key, reason))?;
         Ok(Some(settings))
     }
 

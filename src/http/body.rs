@@ -141,7 +141,7 @@ fn rate_allowance(received: usize) -> Duration {
 }
 
 /// `Content-Length`, if the request has one; a malformed one is refused.
-fn declared_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+pub(super) fn declared_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
     let Some(value) = headers.get(header::CONTENT_LENGTH) else {
         return Ok(None);
     };

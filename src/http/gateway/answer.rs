@@ -78,15 +78,23 @@ pub(super) fn as_the_inbox_answers(
     starting: bool,
 ) -> Option<(String, Vec<u8>)> {
     let members = Members::parse(std::str::from_utf8(body).ok()?)?;
-    let id: String = members
-        .get("id")
-        .and_then(|raw| serde_json::from_str(raw.get()).ok())?;
+    let id = id_of(&members)?;
     let written = members.write(|key, raw| match key {
         "urls" => Some(urls_naming_the_inbox(raw, base, &id)),
         "status" if starting && !terminal(raw) => Some("\"starting\"".to_owned()),
         _ => None,
     });
     Some((id, written.into_bytes()))
+}
+
+/// The `id` of a prediction object the platform answered; `None` if it is not an object with a
+/// string `id`.
+pub(super) fn prediction_id(body: &[u8]) -> Option<String> {
+    id_of(&Members::parse(std::str::from_utf8(body).ok()?)?)
+}
+
+fn id_of(members: &Members<'_>) -> Option<String> {
+    serde_json::from_str(members.get("id")?.get()).ok()
 }
 
 /// `urls` with `get` and `cancel` naming the inbox; as it came if it is not an object.
@@ -108,18 +116,31 @@ fn terminal(status: &RawValue) -> bool {
 /// The platform's own answer, passed on as it came: its status, its problem body, and the
 /// `Retry-After` of a `429` or `503`.
 pub(super) fn passed_on(answer: &Answer) -> Response {
-    let mut response = Response::new(Body::from(answer.body.clone()));
-    *response.status_mut() = answer.status;
+    from_the_platform(
+        answer.status,
+        answer.content_type.clone(),
+        answer.retry_after.clone(),
+        Body::from(answer.body.clone()),
+    )
+}
+
+/// An answer of the platform's, whole or streamed: its status, its type (JSON if it gave none),
+/// its `Retry-After`, and `body`.
+pub(super) fn from_the_platform(
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    retry_after: Option<HeaderValue>,
+    body: Body,
+) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        answer
-            .content_type
-            .clone()
-            .unwrap_or(HeaderValue::from_static("application/json")),
+        content_type.unwrap_or(HeaderValue::from_static("application/json")),
     );
-    if let Some(retry_after) = &answer.retry_after {
-        headers.insert(header::RETRY_AFTER, retry_after.clone());
+    if let Some(retry_after) = retry_after {
+        headers.insert(header::RETRY_AFTER, retry_after);
     }
     response
 }

@@ -16,7 +16,7 @@ use utoipa::openapi::{
     self, ContentBuilder, HeaderBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type,
 };
 
-use super::answer::{self, as_the_inbox_answers, passed_on};
+use super::answer::{self, as_the_inbox_answers, passed_on, prediction_id};
 use super::{Gateway, gateway, segment};
 use crate::domain::Members;
 use crate::http::auth::Creator;
@@ -334,7 +334,7 @@ async fn answered_to_the_caller(
             None => passed_on(answer),
         };
     };
-    let Some((id, _)) = as_the_inbox_answers(&answer.body, &base, false) else {
+    let Some(id) = prediction_id(&answer.body) else {
         return passed_on(answer);
     };
     // As the platform's sync mode: held until the inbox's own deliveries make it terminal or the

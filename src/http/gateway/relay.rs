@@ -5,12 +5,14 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::response::Response;
 use futures_util::StreamExt;
 
+use super::answer::from_the_platform;
 use super::{gateway, segment};
 use crate::http::auth::Creator;
+use crate::http::body::declared_length;
 use crate::http::error::{PROBLEM_JSON, Problem};
 use crate::http::{ApiError, AppState};
 use crate::replicate::{FILES, MODELS, Operation, V1, VERSIONS};
@@ -110,11 +112,7 @@ pub(super) async fn upload(
 ) -> Result<Response, ApiError> {
     let gateway = gateway(&state)?;
     let limit = state.settings.max_body_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > limit) {
+    if declared_length(&headers)?.is_some_and(|length| length > limit) {
         return Err(ApiError::TooLarge);
     }
     let held = state.bodies.hold(UPLOAD_IN_FLIGHT)?;
@@ -152,18 +150,12 @@ pub(super) async fn upload(
 
 /// The platform's answer as it comes: its status, type, `Retry-After` and body, streamed.
 fn streamed(answer: reqwest::Response) -> Response {
-    let status = answer.status();
-    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
-    let retry_after = answer.headers().get(header::RETRY_AFTER).cloned();
-    let mut response = Response::new(Body::from_stream(answer.bytes_stream()));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        content_type.unwrap_or(HeaderValue::from_static("application/json")),
-    );
-    if let Some(retry_after) = retry_after {
-        headers.insert(header::RETRY_AFTER, retry_after);
-    }
-    response
+    let header = |name| answer.headers().get(name).cloned();
+    let (content_type, retry_after) = (header(header::CONTENT_TYPE), header(header::RETRY_AFTER));
+    from_the_platform(
+        answer.status(),
+        content_type,
+        retry_after,
+        Body::from_stream(answer.bytes_stream()),
+    )
 }
