@@ -5,6 +5,7 @@
 //! waiting read is woken through `waiters` when a commit announces its prediction.
 //! `domain` holds the value types they share; `config`, `telemetry` and `startup` assemble it.
 
+pub mod archive;
 pub mod config;
 pub mod domain;
 pub mod http;

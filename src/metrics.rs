@@ -30,6 +30,12 @@ pub const UPSTREAM_DURATION: &str = "inbox_upstream_duration_seconds";
 pub const CREATES: &str = "inbox_creates_total";
 pub const RECONCILED: &str = "inbox_reconciled_total";
 pub const OLDEST_UNFINISHED: &str = "inbox_oldest_unfinished_seconds";
+pub const ARCHIVE_FILES: &str = "inbox_archive_files_total";
+pub const ARCHIVE_BYTES: &str = "inbox_archive_bytes_total";
+pub const ARCHIVE_FAILURES: &str = "inbox_archive_failures_total";
+pub const ARCHIVE_QUEUED: &str = "inbox_archive_queued_files";
+pub const ARCHIVE_USED: &str = "inbox_archive_used_bytes";
+pub const ARCHIVE_QUOTA: &str = "inbox_archive_quota_bytes";
 
 /// Seconds; from well under a millisecond (an ingest) to a full `Prefer: wait`.
 const BUCKETS: &[f64] = &[
@@ -177,6 +183,24 @@ fn describe() {
         OLDEST_UNFINISHED,
         "How long the unfinished prediction that has heard nothing for longest has heard nothing (0: none unfinished); refreshed with the counts. A value that keeps growing means webhooks are not arriving and nothing reconciles"
     );
+    describe_counter!(
+        ARCHIVE_FILES,
+        "Output files the archiver dealt with, by outcome: archived, failed (for good), retried, expired (deleted after INBOX_ARCHIVE_RETENTION)"
+    );
+    describe_counter!(ARCHIVE_BYTES, "Bytes of output files archived");
+    describe_counter!(
+        ARCHIVE_FAILURES,
+        "Output files not archived, or not this time, by reason (quota among them: over INBOX_ARCHIVE_QUOTA_BYTES)"
+    );
+    describe_gauge!(
+        ARCHIVE_QUEUED,
+        "Output files waiting to be archived; refreshed every few seconds"
+    );
+    describe_gauge!(ARCHIVE_USED, "Bytes of archived output files kept");
+    describe_gauge!(
+        ARCHIVE_QUOTA,
+        "INBOX_ARCHIVE_QUOTA_BYTES (0: no quota); with inbox_archive_used_bytes, how full it is"
+    );
     describe_gauge!(
         PREDICTIONS,
         "Predictions stored, by status (unknown statuses count as other); refreshed at most every 15 s"
@@ -309,6 +333,25 @@ pub fn reconciled(outcome: &'static str) {
 /// One create through the gateway.
 pub fn create(outcome: &'static str) {
     counter!(CREATES, "outcome" => outcome).increment(1);
+}
+
+/// One output file the archiver dealt with: `archived`, `failed`, `retried` or `expired`, and the
+/// reason of a failure (a fixed set: `archive::fetch`).
+pub fn archive_file(outcome: &'static str, reason: Option<&'static str>, bytes: u64) {
+    counter!(ARCHIVE_FILES, "outcome" => outcome).increment(1);
+    if let Some(reason) = reason {
+        counter!(ARCHIVE_FAILURES, "reason" => reason).increment(1);
+    }
+    if bytes > 0 {
+        counter!(ARCHIVE_BYTES).increment(bytes);
+    }
+}
+
+/// The archive's queue and how much it keeps.
+pub fn archive_usage(queued: i64, used_bytes: i64, quota_bytes: Option<u64>) {
+    gauge!(ARCHIVE_QUEUED).set(queued as f64);
+    gauge!(ARCHIVE_USED).set(used_bytes as f64);
+    gauge!(ARCHIVE_QUOTA).set(quota_bytes.unwrap_or(0) as f64);
 }
 
 pub fn oldest_unfinished(age: Duration) {

@@ -9,6 +9,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::{Archive, Archiver};
 use crate::config::Settings;
 use crate::http::{self, BodyBudget, Gateway};
 use crate::ingest::{Faults, Writer};
@@ -26,6 +27,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("the platform's API cannot be used: {0}")]
     Platform(String),
+    #[error("the output archive cannot be used: {0}")]
+    Archive(String),
     /// A command that could not do its work.
     #[error("{0}")]
     Command(String),
@@ -137,6 +140,37 @@ impl Application {
             }
             None => None,
         };
+        let archive = match settings.archive.clone() {
+            Some(archiving) => {
+                let archive = Arc::new(
+                    Archive::open(archiving).map_err(|e| StartupError::Archive(e.to_string()))?,
+                );
+                let archiver = Arc::new(
+                    Archiver::new(
+                        store.clone(),
+                        archive.clone(),
+                        worker_id(),
+                        settings.request_timeout,
+                    )
+                    .map_err(|e| StartupError::Archive(e.to_string()))?,
+                );
+                supervisor.spawn("archiver", Role::Auxiliary, move |stop| {
+                    until_stopped(stop, archiver.clone().run())
+                });
+                tracing::info!(
+                    archive = archive.describe(),
+                    "output files are archived, and reads name the copies"
+                );
+                Some(archive)
+            }
+            None => {
+                tracing::info!(
+                    "output files are not archived: their platform URLs stop working about an \
+                     hour after a prediction ends; set INBOX_ARCHIVE_URL to keep them"
+                );
+                None
+            }
+        };
         let router = http::router(
             http::Parts {
                 store: store.clone(),
@@ -146,6 +180,7 @@ impl Application {
                 health: supervisor.health(),
                 bodies: bodies.clone(),
                 gateway,
+                archive,
             },
             http.clone(),
         );

@@ -72,6 +72,16 @@ impl Secret {
         mac.finalize().into_bytes().into()
     }
 
+    /// A key for another use, derived from this one: HMAC of `label` behind a NUL, which no
+    /// signed message can start with (a `webhook-id` is visible ASCII), so a derived key is never
+    /// a signature the platform could be made to send.
+    pub fn derive(&self, label: &str) -> [u8; SIGNATURE_LEN] {
+        let mut mac = self.0.clone();
+        mac.update(b"\0derive\0");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// The `webhook-signature` value a sender would put on this message: `v1,<base64>`.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         let mac = self.mac(id, &timestamp.to_string(), body);

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::archive::{self, Hosts, Location, SigningKey};
 use crate::http::{AllowedModels, ApiTokens};
 use crate::reconcile;
 use crate::replicate::{self, AccountToken};
@@ -246,6 +247,100 @@ impl Source {
         }))
     }
 
+    /// `INBOX_ARCHIVE_*`: the output archive, or `None` when it is off (`INBOX_ARCHIVE_URL=off`, or
+    /// unset on Postgres or an in-memory SQLite). Links are signed with `INBOX_ARCHIVE_SIGNING_KEY`,
+    /// or else with a key derived from the first webhook secret, which every replica shares.
+    fn archive(
+        &self,
+        database_url: &DatabaseUrl,
+        webhook_secret: Option<&Secret>,
+    ) -> Result<Option<archive::Settings>, ConfigError> {
+        let url_key = "INBOX_ARCHIVE_URL";
+        // Every setting is checked, on or off: a typo is found before the day it is turned on.
+        let location = match self.get(url_key).as_deref().map(str::trim) {
+            Some("off") => None,
+            Some(url) => Some(
+                Location::parse(url, self.aws_options())
+                    .map_err(|reason| ConfigError::new(url_key, reason))?,
+            ),
+            None => embedded_files_folder(database_url).map(Location::Folder),
+        };
+        let hosts_key = "INBOX_ARCHIVE_HOSTS";
+        let hosts = match self.get(hosts_key) {
+            Some(text) => {
+                Hosts::parse(&text).map_err(|reason| ConfigError::new(hosts_key, reason))?
+            }
+            None => Hosts::default(),
+        };
+        let keys_key = "INBOX_ARCHIVE_SIGNING_KEY";
+        let signing_keys = match self.get(keys_key) {
+            Some(_) => self
+                .list(
+                    keys_key,
+                    "one or more keys, comma separated, the signing one first",
+                )?
+                .into_iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    SigningKey::new(key.into_bytes()).map_err(|reason| {
+                        ConfigError::new(keys_key, format!("entry {} {reason}", i + 1))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            None => webhook_secret
+                .map(|secret| SigningKey::new(secret.derive("archive links").to_vec()))
+                .transpose()
+                .map_err(|reason| ConfigError::new(keys_key, reason))?
+                .into_iter()
+                .collect(),
+        };
+        let ttl_key = "INBOX_ARCHIVE_LINK_TTL";
+        let link_ttl = retention::parse_age(&self.get(ttl_key).unwrap_or_else(|| "7d".to_owned()))
+            .flatten()
+            .ok_or_else(|| {
+                ConfigError::new(ttl_key, "must be a whole number and a unit: 7d, 12h")
+            })?;
+        let retention_key = "INBOX_ARCHIVE_RETENTION";
+        let retention = match self.get(retention_key) {
+            Some(text) => retention::parse_age(&text).ok_or_else(|| {
+                ConfigError::new(
+                    retention_key,
+                    "must be 0 (as long as the prediction) or a whole number and a unit: 90d",
+                )
+            })?,
+            None => None,
+        };
+        let max_file_bytes =
+            self.positive("INBOX_ARCHIVE_MAX_FILE_BYTES", 1 << 30, "a number of bytes")?;
+        let quota_bytes = self
+            .get("INBOX_ARCHIVE_QUOTA_BYTES")
+            .map(|_| self.positive("INBOX_ARCHIVE_QUOTA_BYTES", 1, "a number of bytes"))
+            .transpose()?;
+        Ok(location.map(|location| archive::Settings {
+            location,
+            hosts,
+            max_file_bytes,
+            quota_bytes,
+            retention,
+            signing_keys,
+            link_ttl,
+        }))
+    }
+
+    /// The `AWS_*` settings an S3 archive is reached with, from the file (the environment's are
+    /// read by the S3 client itself; where both set one, the environment's wins here too).
+    fn aws_options(&self) -> Vec<(String, String)> {
+        let mut keys: Vec<&String> = self
+            .file
+            .keys()
+            .filter(|key| key.starts_with("AWS_"))
+            .collect();
+        keys.sort();
+        keys.into_iter()
+            .filter_map(|key| self.get(key).map(|value| (key.clone(), value)))
+            .collect()
+    }
+
     pub fn log_format(&self) -> Result<LogFormat, ConfigError> {
         self.parsed("INBOX_LOG_FORMAT", LogFormat::Text, "`text` or `json`")
     }
@@ -265,6 +360,28 @@ fn http_url(key: &str, text: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// The embedded store's `files/` folder, beside its database file; `None` on Postgres or an
+/// in-memory database.
+fn embedded_files_folder(url: &DatabaseUrl) -> Option<std::path::PathBuf> {
+    let DatabaseUrl::Sqlite(url) = url else {
+        return None;
+    };
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.contains(":memory:") {
+        return None;
+    }
+    let parent = Path::new(path).parent().unwrap_or(Path::new("."));
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    Some(parent.join("files"))
 }
 
 /// Where state lives when `DATABASE_URL` is not set: a file in `./data`, created on first start.
@@ -295,6 +412,8 @@ pub struct Settings {
     /// The reconciler, when the gateway is on and `INBOX_RECONCILE_AFTER` is not `0`.
     pub reconcile: Option<reconcile::Settings>,
     pub allowed_models: Option<AllowedModels>,
+    /// The output archive, unless it is off.
+    pub archive: Option<archive::Settings>,
 }
 
 /// The shortest bearer token accepted: anything shorter is guessable.
@@ -306,7 +425,7 @@ pub const MAX_BODY_BYTES_LIMIT: usize = 256 * 1024 * 1024;
 impl Settings {
     pub fn from_source(source: &Source) -> Result<Self, ConfigError> {
         let secrets_key = "INBOX_WEBHOOK_SECRETS";
-        let webhook_secrets = source
+        let webhook_secrets: Vec<Secret> = source
             .list(secrets_key, "one or more whsec_… secrets, comma separated")?
             .iter()
             .enumerate()
@@ -317,6 +436,8 @@ impl Settings {
             })
             .collect::<Result<_, _>>()?;
         let tokens = source.tokens("INBOX_API_TOKENS")?;
+        let database_url = source.database_url()?;
+        let archive = source.archive(&database_url, webhook_secrets.first())?;
         let create_tokens = match source.get("INBOX_CREATE_TOKENS") {
             Some(_) => source.tokens("INBOX_CREATE_TOKENS")?,
             None => Vec::new(),
@@ -348,7 +469,8 @@ impl Settings {
             http_url("INBOX_PUBLIC_URL", url)?;
         }
         Ok(Self {
-            database_url: source.database_url()?,
+            database_url,
+            archive,
             database_pool_size: source.positive(
                 "INBOX_DATABASE_POOL_SIZE",
                 10,
@@ -508,6 +630,15 @@ mod tests {
             ("INBOX_RECONCILE_RPS", "0"),
             ("INBOX_RECONCILE_CATCHUP_EVERY", "often"),
             ("INBOX_RECONCILE_IMPORT", "some"),
+            ("INBOX_ARCHIVE_URL", "gs://bucket"),
+            ("INBOX_ARCHIVE_URL", "file://relative/path"),
+            ("INBOX_ARCHIVE_HOSTS", "replicate.delivery,,x"),
+            ("INBOX_ARCHIVE_HOSTS", "https://host/with/path"),
+            ("INBOX_ARCHIVE_SIGNING_KEY", "notasecret"),
+            ("INBOX_ARCHIVE_LINK_TTL", "0"),
+            ("INBOX_ARCHIVE_RETENTION", "forever"),
+            ("INBOX_ARCHIVE_MAX_FILE_BYTES", "0"),
+            ("INBOX_ARCHIVE_QUOTA_BYTES", "lots"),
         ] {
             let error = error_with(&[(key, value)]);
             assert_eq!(error.key, key, "{value}");
@@ -574,6 +705,47 @@ mod tests {
         ));
         let secret = DatabaseUrl::Postgres("postgres://u:hunter2@db/inbox".into());
         assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_archive_is_beside_the_embedded_store_off_on_postgres_and_never_shows_its_keys() {
+        let with = |pairs: &[(&str, &str)]| {
+            let mut all = VALID.to_vec();
+            all.retain(|(k, _)| !pairs.iter().any(|(p, _)| p == k));
+            all.extend_from_slice(pairs);
+            Settings::from_source(&source(&all)).unwrap().archive
+        };
+        assert!(with(&[]).is_none(), "off on Postgres until set");
+        let embedded =
+            with(&[("DATABASE_URL", "sqlite:///var/lib/inbox/inbox.db?mode=rwc")]).unwrap();
+        assert_eq!(embedded.location.describe(), "file:///var/lib/inbox/files");
+        assert_eq!(embedded.link_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(embedded.max_file_bytes, 1 << 30);
+        assert_eq!(
+            embedded.signing_keys.len(),
+            1,
+            "derived from the webhook secret"
+        );
+        assert!(with(&[("DATABASE_URL", "sqlite::memory:")]).is_none());
+        assert!(
+            with(&[
+                ("DATABASE_URL", "sqlite:///x.db"),
+                ("INBOX_ARCHIVE_URL", "off")
+            ])
+            .is_none()
+        );
+        let s3 = with(&[
+            ("INBOX_ARCHIVE_URL", "s3://bucket/prefix/"),
+            ("AWS_SECRET_ACCESS_KEY", "notasecret"),
+            (
+                "INBOX_ARCHIVE_SIGNING_KEY",
+                "notasecret-notasecret-notasecret-1,notasecret-notasecret-notasecret-2",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s3.location.describe(), "s3://bucket/prefix");
+        assert_eq!(s3.signing_keys.len(), 2);
+        assert!(!format!("{s3:?}").contains("notasecret"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! answer passes through. Handlers extract and answer; decisions live in `verify`, `ingest` and
 //! `store`.
 
+mod archive;
 mod auth;
 mod body;
 mod error;
@@ -9,6 +10,7 @@ mod gateway;
 mod health;
 mod openapi;
 mod predictions;
+mod reads;
 mod scrape;
 mod server;
 mod webhooks;
@@ -27,6 +29,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::archive::Archive;
 use crate::ingest::Writer;
 use crate::store::Store;
 use crate::supervisor::Health;
@@ -36,7 +39,6 @@ use crate::waiters::Waiters;
 pub use auth::ApiTokens;
 pub use body::BodyBudget;
 pub use error::ApiError;
-use gateway::InboxLinks;
 pub use gateway::{AllowedModels, Gateway};
 pub use server::serve;
 
@@ -74,6 +76,8 @@ pub struct Shared {
     health: Health,
     /// Creating through the inbox, when the platform's token is set.
     gateway: Option<Gateway>,
+    /// The output archive, unless it is off.
+    archive: Option<Arc<Archive>>,
     last_count: scrape::LastCount,
     settings: Settings,
     /// The OpenAPI description served at `/openapi.json`, rendered once from the routes; each
@@ -90,6 +94,7 @@ pub struct Parts {
     pub health: Health,
     pub bodies: BodyBudget,
     pub gateway: Option<Gateway>,
+    pub archive: Option<Arc<Archive>>,
 }
 
 impl AppState {
@@ -105,6 +110,7 @@ impl AppState {
             bodies: parts.bodies,
             health: parts.health,
             gateway: parts.gateway,
+            archive: parts.archive,
             last_count: scrape::LastCount::default(),
             settings,
             description,
@@ -126,6 +132,7 @@ pub fn router(parts: Parts, settings: Settings) -> Router {
         .merge(webhooks::router(&settings))
         .merge(predictions::router(&settings))
         .merge(gateway::router(&settings))
+        .merge(archive::router(&settings))
         .merge(health::router(&settings))
         .merge(scrape::router(&settings))
         .split_for_parts();

@@ -8,6 +8,7 @@
 //! The only decision a backend makes is the one the database must make atomically: whether a
 //! delivery's progress key is greater than the stored one (see `domain::Progress`).
 
+mod archive;
 mod keyset;
 mod postgres;
 mod sqlite;
@@ -29,11 +30,13 @@ use tokio::time::Instant;
 
 use crate::domain::{Prediction, Progress, Status, WebhookId, holdable};
 
+pub use archive::{ArchiveFile, ArchiveQueue, ArchiveUsage, FileJob, Finish, NewFile};
+
 /// What the service needs of a database. Every method that touches data is one transaction or
 /// one consistent read. Its futures are boxed, which parked waiters rely on: a future is as large
 /// as its largest await point, and a waiter should not carry a query's state while it waits.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ArchiveQueue + Send + Sync + 'static {
     /// Which backend, and where its data is, for the start-up log: never a password.
     fn describe(&self) -> String;
 

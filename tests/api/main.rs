@@ -4,6 +4,7 @@
 //! it starts, kills and floods), `tests/metrics.rs` (the metrics recorder whose counters it reads)
 //! and `tests/metrics_upkeep.rs` (a counting global allocator).
 
+mod archive;
 mod clients;
 mod forgery;
 mod gateway;

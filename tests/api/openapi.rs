@@ -6,7 +6,7 @@ use serde_json::Value;
 use support::{Backend, spawn_app};
 
 /// Every route of the contract.
-const ROUTES: [(&str, &str); 15] = [
+const ROUTES: [(&str, &str); 16] = [
     ("post", "/webhooks/replicate"),
     ("get", "/v1/predictions"),
     ("post", "/v1/predictions"),
@@ -22,6 +22,7 @@ const ROUTES: [(&str, &str); 15] = [
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    ("get", "/archive/{digest}/{name}"),
 ];
 
 async fn description(backend: Backend) -> (support::TestApp, Value, String) {

@@ -43,3 +43,105 @@ async fn nothing_acknowledged_is_lost_across_kill_9_under_load(backend: Backend)
 }
 
 support::on_each_backend!(nothing_acknowledged_is_lost_across_kill_9_under_load);
+
+/// A file being fetched when the service is killed is fetched again, whole, once its lease runs
+/// out: the archive's queue lives in the database.
+async fn an_archive_cut_off_by_kill_9_resumes_after_restart(backend: Backend) {
+    use prediction_inbox::verify::Secret;
+    use support::fake_replicate::{FakeReplicate, file_bytes};
+
+    let fake = FakeReplicate::start().await;
+    let size = 4 * 1024 * 1024;
+    let url = fake.serve_file("slow.bin", size);
+    // Four seconds of it: the kill lands mid-download.
+    fake.trickle_file("slow.bin", 1024 * 1024);
+    let store = TestStore::create(backend).await;
+    let database_url = store.url();
+    let folder = support::target_tmp().join(format!("crash-archive-{:016x}", fastrand::u64(..)));
+    let mut env: Vec<(String, String)> = match backend {
+        Backend::Sqlite => vec![(
+            "INBOX_ARCHIVE_URL".into(),
+            format!("file://{}", folder.display()),
+        )],
+        Backend::Postgres => support::s3::server().await.bucket(),
+    };
+    env.push(("DATABASE_URL".into(), database_url));
+    env.push(("INBOX_ARCHIVE_HOSTS".into(), fake.files_url().to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let start = || {
+        let mut service = Service::start_with(&env, &std::env::temp_dir());
+        service.wait_for("serving");
+        service
+    };
+
+    let mut service = start();
+    let body = serde_json::json!({
+        "id": "p-crash", "status": "succeeded", "model": "acme/echo", "version": "v",
+        "input": {}, "output": [url], "logs": "",
+        "created_at": "2026-12-05T10:00:00Z", "completed_at": "2026-12-05T10:00:05Z",
+    })
+    .to_string();
+    let secret: Secret = support::SECRET.parse().unwrap();
+    let (webhook_id, timestamp) = (support::new_webhook_id(), support::now());
+    let client = reqwest::Client::new();
+    let answer = client
+        .post(format!("{}/webhooks/replicate", service.address))
+        .header("webhook-id", &webhook_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header(
+            "webhook-signature",
+            secret.sign(&webhook_id, timestamp, body.as_bytes()),
+        )
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+    support::eventually("the download starts", || async {
+        fake.file_requests("slow.bin") == 1
+    })
+    .await;
+    service.child.kill().expect("SIGKILL");
+    service.child.wait().expect("reap");
+
+    let service = start();
+    let read = |address: String| async move {
+        let read: serde_json::Value = reqwest::Client::new()
+            .get(format!("{address}/v1/predictions/p-crash"))
+            .bearer_auth(support::TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        read
+    };
+    // The dead process's lease on the file runs out (30 s), then the new one fetches it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let read = loop {
+        let read = read(service.address.clone()).await;
+        if read["inbox_archive"]["files"][0]["state"] == "archived" {
+            break read;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never archived: {read}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let link = read["output"][0].as_str().unwrap();
+    let copy = client
+        .get(link)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(copy == file_bytes("slow.bin", size), "the copy differs");
+    assert_eq!(fake.file_requests("slow.bin"), 2);
+}
+
+support::on_each_backend!(an_archive_cut_off_by_kill_9_resumes_after_restart);

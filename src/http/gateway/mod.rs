@@ -23,7 +23,7 @@ use crate::replicate::{Platform, Segment};
 
 pub use models::AllowedModels;
 
-pub(super) use links::InboxLinks;
+pub(super) use links::name_the_inbox;
 
 /// What the gateway works with, when `REPLICATE_API_TOKEN` is set.
 pub struct Gateway {

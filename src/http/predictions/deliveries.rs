@@ -16,6 +16,7 @@ use crate::domain::{from_unix_micros, nul_free, unix_micros};
 use crate::http::auth::Authenticated;
 use crate::http::base_url;
 use crate::http::error::{PROBLEM_JSON, Problem};
+use crate::http::reads::Reader;
 use crate::http::{ApiError, AppState};
 use crate::store::{HistoryQuery, StoredDelivery};
 
@@ -95,6 +96,7 @@ pub(super) async fn history(
     _: Authenticated,
     State(state): State<AppState>,
     headers: HeaderMap,
+    reader: Reader,
     Path(id): Path<String>,
     Query(params): Query<HistoryParams>,
 ) -> Result<Response, ApiError> {
@@ -145,7 +147,21 @@ pub(super) async fn history(
             .map(|row| row.webhook_id.clone())
             .collect();
         if !kept.is_empty() {
-            bodies = state.store.bodies(&id, &kept).await?;
+            let (webhook_ids, stored): (Vec<String>, Vec<_>) = state
+                .store
+                .bodies(&id, &kept)
+                .await?
+                .into_iter()
+                .map(|(webhook_id, body)| {
+                    let status = rows
+                        .iter()
+                        .find(|row| row.webhook_id == webhook_id)
+                        .and_then(|row| row.status.clone());
+                    (webhook_id, (status, body))
+                })
+                .unzip();
+            let presented = reader.present_deliveries(&state, &id, stored).await;
+            bodies = webhook_ids.into_iter().zip(presented).collect();
         }
     }
     let next = more.then(|| rows.last()).flatten().map(|last| {

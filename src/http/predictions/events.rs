@@ -1,18 +1,16 @@
 //! `GET /v1/predictions/{id}/events`: the event stream of one prediction.
 
-use std::borrow::Cow;
-use std::convert::Infallible;
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
+use std::borrow::Cow;
+use std::convert::Infallible;
 
 use super::{KEEP_ALIVE, receivable};
 use crate::http::auth::Authenticated;
 use crate::http::error::{PROBLEM_JSON, Problem};
+use crate::http::reads::Reader;
 use crate::http::{ApiError, AppState};
-use crate::store::Store;
 use crate::waiters::{Interest, Refused, Registration};
 
 /// Server-sent events for one prediction: its current state, each advance, then `done`.
@@ -33,6 +31,7 @@ use crate::waiters::{Interest, Refused, Registration};
 pub(super) async fn events(
     Authenticated(caller): Authenticated,
     State(state): State<AppState>,
+    reader: Reader,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = receivable(id)?;
@@ -50,7 +49,8 @@ pub(super) async fn events(
             })
         })?;
     let watch = Watch {
-        store: state.store.clone(),
+        state: state.clone(),
+        reader,
         id,
         registration,
         last_sent: None,
@@ -64,7 +64,9 @@ pub(super) async fn events(
 
 /// One event stream's progress. Dropping it (the client went away) drops the registration.
 struct Watch {
-    store: Arc<dyn Store>,
+    state: AppState,
+    /// Whom the states are presented to.
+    reader: Reader,
     id: String,
     registration: Registration,
     /// A digest of the last state sent, to send each state once: not the state itself, which a
@@ -96,12 +98,13 @@ impl Watch {
             Phase::Watching => self.phase = Phase::Watching,
         }
         loop {
-            match self.store.prediction(&self.id).await {
+            match self.state.store.prediction(&self.id).await {
                 Ok(Some(current)) if self.last_sent != Some(digest(&current.body)) => {
                     if current.is_terminal() {
                         self.phase = Phase::Terminal;
                     }
                     self.last_sent = Some(digest(&current.body));
+                    let current = self.reader.present_one(&self.state, current).await;
                     let event = Event::default()
                         .event("prediction")
                         .data(sse_data(&current.body));

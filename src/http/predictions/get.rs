@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use super::{MAX_WAIT_SECS, PredictionObject, json, not_received, receivable};
 use crate::http::auth::Authenticated;
 use crate::http::error::{PROBLEM_JSON, Problem};
-use crate::http::{ApiError, AppState, InboxLinks};
+use crate::http::reads::Reader;
+use crate::http::{ApiError, AppState};
 use crate::store::{StoreError, StoredPrediction};
 use crate::waiters::Interest;
 
@@ -39,7 +40,7 @@ pub(super) async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
     WaitPreference(wait): WaitPreference,
-    links: InboxLinks,
+    reader: Reader,
 ) -> Result<Response, ApiError> {
     let id = receivable(id)?;
     let (found, applied) = match wait {
@@ -52,10 +53,10 @@ pub(super) async fn get_one(
             (found, Some(applied))
         }
     };
-    let found = found.map(|mut found| {
-        found.body = links.apply(&state, found.body);
-        found
-    });
+    let found = match found {
+        Some(found) => Some(reader.present_one(&state, found).await),
+        None => None,
+    };
     Ok(answer(found, applied))
 }
 

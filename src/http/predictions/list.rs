@@ -13,7 +13,8 @@ use super::{PredictionList, json, page_size};
 use crate::domain::nul_free;
 use crate::http::auth::Authenticated;
 use crate::http::error::{PROBLEM_JSON, Problem};
-use crate::http::{ApiError, AppState, InboxLinks, base_url};
+use crate::http::reads::Reader;
+use crate::http::{ApiError, AppState, base_url};
 use crate::store::{Direction, ListQuery, Page, Position, StoredPrediction};
 
 /// The list's query string. Everything arrives as text so that each bad value gets its own message.
@@ -64,7 +65,7 @@ pub(super) async fn list(
     _: Authenticated,
     State(state): State<AppState>,
     headers: HeaderMap,
-    links: InboxLinks,
+    reader: Reader,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
     for (name, value) in [
@@ -103,9 +104,7 @@ pub(super) async fn list(
         limit: page_size(params.limit.as_deref())?,
     };
     let mut page = state.store.list(&query).await?;
-    for item in &mut page.items {
-        item.body = links.apply(&state, std::mem::take(&mut item.body));
-    }
+    reader.present(&state, &mut page.items).await;
 
     let base = base_url(&state, &headers);
     let link = |direction, position: Option<Position>| {

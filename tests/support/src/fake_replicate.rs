@@ -11,7 +11,12 @@
 //! - `start_ms` (default 20): how long it stays `starting`;
 //! - `fail` (bool): ends `failed` with an `error` instead of `succeeded`;
 //! - `output_file` (bool): the output is an `https://replicate.delivery/…` URL;
+//! - `output` (any JSON): the output, as given (file URLs from [`FakeReplicate::serve_file`]);
 //!   otherwise it is the list of the steps' strings, the last being `input.prompt` if given.
+//!
+//! Output files are served from an origin of their own, as `replicate.delivery` is
+//! ([`FakeReplicate::files_url`]): made on the fly, of any size, and a test can make one expire
+//! (`404`), fail, trickle or redirect.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -91,6 +96,9 @@ pub type WebhookFilter = Box<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
 struct Inner {
     address: String,
+    /// Where output files are served.
+    files_address: String,
+    files: Mutex<HashMap<String, FakeFile>>,
     secret: Secret,
     predictions: Mutex<HashMap<String, Value>>,
     /// In creation order, for the list.
@@ -117,8 +125,12 @@ impl FakeReplicate {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address: SocketAddr = listener.local_addr().unwrap();
+        let files_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let files_address: SocketAddr = files_listener.local_addr().unwrap();
         let fake = Self(Arc::new(Inner {
             address: format!("http://{address}"),
+            files_address: format!("http://{files_address}"),
+            files: Mutex::default(),
             secret: SIGNING_SECRET.parse().unwrap(),
             predictions: Mutex::default(),
             order: Mutex::default(),
@@ -154,6 +166,10 @@ impl FakeReplicate {
             ))
             .with_state(fake.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
+        let files = Router::new()
+            .route("/files/{name}", get(serve_file))
+            .with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(files_listener, files).await });
         fake
     }
 
@@ -343,7 +359,9 @@ impl FakeReplicate {
             self.webhook(&stepped, "logs").await;
         }
         let fail = input["fail"].as_bool().unwrap_or(false);
-        let output = if input["output_file"].as_bool().unwrap_or(false) {
+        let output = if !input["output"].is_null() {
+            input["output"].clone()
+        } else if input["output_file"].as_bool().unwrap_or(false) {
             json!(format!("https://replicate.delivery/xezq/{id}/out.png"))
         } else {
             let mut output: Vec<Value> = (1..=steps).map(|i| json!(format!("step {i}"))).collect();
@@ -798,4 +816,139 @@ fn multipart_parts(headers: &HeaderMap, body: &[u8]) -> Vec<(String, Vec<u8>)> {
 /// What an attacker who could make the inbox call this with the account's token would get.
 async fn signing_secret() -> Response {
     axum::Json(json!({"key": SIGNING_SECRET})).into_response()
+}
+
+/// An output file the fake serves, and what it does to the next requests for it.
+#[derive(Debug, Clone, Default)]
+struct FakeFile {
+    size: u64,
+    /// Answered `404`, as the platform's files are after about an hour.
+    expired: bool,
+    /// The next this many requests are answered `500`.
+    failing: u32,
+    /// Bytes a second, when it trickles.
+    rate: Option<u64>,
+    /// Answered `302` to here.
+    redirect: Option<String>,
+    requests: usize,
+}
+
+/// The byte at `offset` of the file called `name`: files are made on the fly, and a test checks
+/// what arrived against this.
+pub fn file_byte(name: &str, offset: u64) -> u8 {
+    let seed = name
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    (offset.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 7) as u8
+}
+
+/// The whole file called `name` of `size` bytes.
+pub fn file_bytes(name: &str, size: u64) -> Vec<u8> {
+    (0..size).map(|offset| file_byte(name, offset)).collect()
+}
+
+impl FakeReplicate {
+    /// The origin output files are served from, for `INBOX_ARCHIVE_HOSTS`.
+    pub fn files_url(&self) -> &str {
+        &self.0.files_address
+    }
+
+    /// Serves a file of `size` bytes called `name` (its extension gives its type): its URL.
+    pub fn serve_file(&self, name: &str, size: u64) -> String {
+        lock(&self.0.files).insert(
+            name.to_owned(),
+            FakeFile {
+                size,
+                ..FakeFile::default()
+            },
+        );
+        format!("{}/files/{name}", self.0.files_address)
+    }
+
+    fn change_file(&self, name: &str, change: impl FnOnce(&mut FakeFile)) {
+        change(lock(&self.0.files).entry(name.to_owned()).or_default());
+    }
+
+    /// File `name` is answered `404` from now on.
+    pub fn expire_file(&self, name: &str) {
+        self.change_file(name, |file| file.expired = true);
+    }
+
+    /// The next `times` requests for file `name` are answered `500`.
+    pub fn fail_file(&self, name: &str, times: u32) {
+        self.change_file(name, |file| file.failing = times);
+    }
+
+    /// File `name` comes at `bytes_per_second`.
+    pub fn trickle_file(&self, name: &str, bytes_per_second: u64) {
+        self.change_file(name, |file| file.rate = Some(bytes_per_second));
+    }
+
+    /// Requests for file `name` are redirected to `location`.
+    pub fn redirect_file(&self, name: &str, location: &str) {
+        let location = location.to_owned();
+        self.change_file(name, |file| file.redirect = Some(location));
+    }
+
+    /// Requests made for file `name`.
+    pub fn file_requests(&self, name: &str) -> usize {
+        lock(&self.0.files)
+            .get(name)
+            .map_or(0, |file| file.requests)
+    }
+}
+
+async fn serve_file(State(fake): State<FakeReplicate>, Path(name): Path<String>) -> Response {
+    let file = {
+        let mut files = lock(&fake.0.files);
+        let Some(file) = files.get_mut(&name) else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        file.requests += 1;
+        let answered = file.clone();
+        file.failing = file.failing.saturating_sub(1);
+        answered
+    };
+    if let Some(location) = file.redirect {
+        return (StatusCode::FOUND, [("location", location)]).into_response();
+    }
+    if file.expired {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if file.failing > 0 {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let content_type = match name.rsplit('.').next() {
+        Some("png") => "image/png",
+        Some("txt") => "text/plain",
+        Some("html") => "text/html",
+        Some("wav") => "audio/wav",
+        _ => "application/octet-stream",
+    };
+    const CHUNK: u64 = 64 * 1024;
+    let (size, rate) = (file.size, file.rate);
+    let chunks = futures_util::stream::unfold(0u64, move |offset| {
+        let name = name.clone();
+        async move {
+            if offset >= size {
+                return None;
+            }
+            let len = CHUNK.min(size - offset);
+            if let Some(rate) = rate {
+                tokio::time::sleep(Duration::from_secs_f64(len as f64 / rate as f64)).await;
+            }
+            let chunk: Vec<u8> = (offset..offset + len)
+                .map(|at| file_byte(&name, at))
+                .collect();
+            Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), offset + len))
+        }
+    });
+    (
+        [
+            ("content-type", content_type.to_owned()),
+            ("content-length", size.to_string()),
+        ],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response()
 }

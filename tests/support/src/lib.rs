@@ -7,6 +7,7 @@ pub mod fake_replicate;
 pub mod flood;
 pub mod limits;
 pub mod load;
+pub mod s3;
 pub mod service;
 
 mod throwaway;
@@ -414,6 +415,8 @@ pub fn settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings {
         ("INBOX_WEBHOOK_SECRETS", SECRET),
         ("INBOX_API_TOKENS", TOKEN),
         ("INBOX_LISTEN", "127.0.0.1:0"),
+        // Off unless a test turns it on: reads then answer bodies exactly as received.
+        ("INBOX_ARCHIVE_URL", "off"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

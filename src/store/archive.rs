@@ -1,0 +1,194 @@
+//! The archive's queue (src/archive/): which predictions have been looked at for output files,
+//! and each file's record — queued, leased by one replica while it is fetched, archived, failed
+//! or expired. The same SQL on either backend but where noted; times as each backend keeps them.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::{StoreError, StoredPrediction};
+
+/// What the archiver needs of the database.
+#[async_trait::async_trait]
+pub trait ArchiveQueue: Send + Sync {
+    /// `succeeded` predictions with a `succeeded` delivery received at `since` or later that have
+    /// not been looked at for files yet, at most `limit`.
+    async fn archive_candidates(
+        &self,
+        since: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<StoredPrediction>, StoreError>;
+
+    /// Records that prediction `id` has been looked at, and its files, in one transaction; files
+    /// recorded before are left as they are.
+    async fn archive_enqueue(
+        &self,
+        id: &str,
+        completed_at: OffsetDateTime,
+        files: &[NewFile],
+    ) -> Result<(), StoreError>;
+
+    /// Leases to `holder` until `now + ttl` at most `limit` queued files that are due and not
+    /// leased by another holder whose lease is running, the most recently completed first, and
+    /// counts the attempt.
+    async fn archive_take(
+        &self,
+        holder: &str,
+        now: OffsetDateTime,
+        ttl: Duration,
+        limit: u32,
+    ) -> Result<Vec<FileJob>, StoreError>;
+
+    /// Renews `holder`'s lease on file `key` until `until`: whether it still held it.
+    async fn archive_renew(
+        &self,
+        key: &str,
+        holder: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Records how fetching file `key` went, if `holder` still holds it: whether it did.
+    async fn archive_finish(
+        &self,
+        key: &str,
+        holder: &str,
+        finish: &Finish,
+    ) -> Result<bool, StoreError>;
+
+    /// The records of the files of these predictions.
+    async fn archive_files(&self, ids: &[&str]) -> Result<Vec<ArchiveFile>, StoreError>;
+
+    /// The record of file `key`.
+    async fn archive_file(&self, key: &str) -> Result<Option<ArchiveFile>, StoreError>;
+
+    /// Files queued, and bytes archived.
+    async fn archive_usage(&self) -> Result<ArchiveUsage, StoreError>;
+
+    /// Marks at most `limit` files archived before `before` as expired, and answers their keys:
+    /// their copies are to be deleted.
+    async fn archive_expire(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+}
+
+/// A file found in an output, to be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFile {
+    pub key: String,
+    pub url: String,
+    /// `None`: queued; else failed for this reason (a URL never to be fetched).
+    pub refused: Option<&'static str>,
+}
+
+/// A file leased to be fetched.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct FileJob {
+    pub key: String,
+    pub prediction_id: String,
+    pub url: String,
+    /// Counting this one.
+    pub attempts: i32,
+}
+
+/// How fetching a file went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    Archived {
+        size: i64,
+        content_type: String,
+    },
+    /// For good.
+    Failed {
+        reason: String,
+    },
+    /// Queued again, due at `at`.
+    Retry {
+        at: OffsetDateTime,
+        reason: String,
+    },
+}
+
+/// A file's record, as reads and the file route need it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ArchiveFile {
+    pub key: String,
+    pub prediction_id: String,
+    pub url: String,
+    /// `queued`, `archived`, `failed` or `expired`.
+    pub state: String,
+    /// Why it failed or expired, or why its last attempt failed.
+    pub reason: Option<String>,
+    pub size: Option<i64>,
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveUsage {
+    pub queued: i64,
+    pub archived_bytes: i64,
+}
+
+/// `BODY` is each backend's way to the latest state's body.
+pub(super) const CANDIDATES: &str = "\
+    SELECT p.id, p.status, p.created_at, BODY AS body FROM predictions AS p \
+    WHERE p.status = 'succeeded' \
+      AND p.id IN (SELECT d.prediction_id FROM deliveries AS d \
+                   WHERE d.status = 'succeeded' AND d.received_at >= $1) \
+      AND NOT EXISTS (SELECT 1 FROM archive_predictions AS a WHERE a.prediction_id = p.id) \
+    LIMIT $2";
+
+pub(super) const LOOKED_AT: &str = "INSERT INTO archive_predictions (prediction_id, queued_at) \
+     VALUES ($1, $2) ON CONFLICT DO NOTHING";
+
+pub(super) const ENQUEUE: &str = "\
+    INSERT INTO archive_files (key, prediction_id, url, completed_at, state, reason, next_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $4) ON CONFLICT (key) DO NOTHING";
+
+/// `LOCK` is `FOR UPDATE SKIP LOCKED` on Postgres, where replicas take at once.
+pub(super) const TAKE: &str = "\
+    UPDATE archive_files SET leased_by = $1, leased_until = $2, attempts = attempts + 1 \
+    WHERE key IN (SELECT key FROM archive_files \
+                  WHERE state = 'queued' AND next_at <= $3 \
+                    AND (leased_until IS NULL OR leased_until < $3) \
+                  ORDER BY completed_at DESC LIMIT $4 LOCK) \
+    RETURNING key, prediction_id, url, attempts";
+
+pub(super) const RENEW: &str = "UPDATE archive_files SET leased_until = $3 \
+     WHERE key = $1 AND leased_by = $2 AND state = 'queued'";
+
+pub(super) const ARCHIVED: &str = "\
+    UPDATE archive_files SET state = 'archived', size = $3, content_type = $4, archived_at = $5, \
+        reason = NULL, leased_by = NULL, leased_until = NULL \
+    WHERE key = $1 AND leased_by = $2 AND state = 'queued'";
+
+pub(super) const FAILED: &str = "\
+    UPDATE archive_files SET state = 'failed', reason = $3, leased_by = NULL, leased_until = NULL \
+    WHERE key = $1 AND leased_by = $2 AND state = 'queued'";
+
+pub(super) const RETRY: &str = "\
+    UPDATE archive_files SET next_at = $3, reason = $4, leased_by = NULL, leased_until = NULL \
+    WHERE key = $1 AND leased_by = $2 AND state = 'queued'";
+
+pub(super) const FILE_COLUMNS: &str = "key, prediction_id, url, state, reason, size, content_type";
+
+pub(super) const USAGE: &str = "SELECT \
+    (SELECT count(*) FROM archive_files WHERE state = 'queued'), \
+    (SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM archive_files WHERE state = 'archived')";
+
+pub(super) const EXPIRE: &str = "\
+    UPDATE archive_files SET state = 'expired', reason = 'archive_retention' \
+    WHERE key IN (SELECT key FROM archive_files WHERE state = 'archived' AND archived_at < $1 \
+                  LIMIT $2) \
+    RETURNING key";
+
+impl Finish {
+    /// The reason recorded with it.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Archived { .. } => None,
+            Self::Failed { reason } | Self::Retry { reason, .. } => Some(reason),
+        }
+    }
+}

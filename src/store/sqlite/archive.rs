@@ -1,0 +1,164 @@
+//! The archive's queue on SQLite (see `store::archive`): writes through the one writer, times in
+//! Unix microseconds.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::{Row, Sqlite};
+use crate::domain::unix_micros;
+use crate::store::archive::{
+    self as sql, ArchiveFile, ArchiveQueue, ArchiveUsage, FileJob, Finish, NewFile,
+};
+use crate::store::{StoreError, StoredPrediction};
+
+#[async_trait::async_trait]
+impl ArchiveQueue for Sqlite {
+    async fn archive_candidates(
+        &self,
+        since: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<StoredPrediction>, StoreError> {
+        let rows: Vec<Row> = sqlx::query_as(&sql::CANDIDATES.replace("BODY", "p.body"))
+            .bind(unix_micros(since))
+            .bind(i64::from(limit))
+            .fetch_all(&self.readers)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(Row::into_stored)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn archive_enqueue(
+        &self,
+        id: &str,
+        completed_at: OffsetDateTime,
+        files: &[NewFile],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(sql::LOOKED_AT)
+            .bind(id)
+            .bind(unix_micros(OffsetDateTime::now_utc()))
+            .execute(&mut *tx)
+            .await?;
+        for file in files {
+            sqlx::query(sql::ENQUEUE)
+                .bind(&file.key)
+                .bind(id)
+                .bind(&file.url)
+                .bind(unix_micros(completed_at))
+                .bind(if file.refused.is_some() {
+                    "failed"
+                } else {
+                    "queued"
+                })
+                .bind(file.refused)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn archive_take(
+        &self,
+        holder: &str,
+        now: OffsetDateTime,
+        ttl: Duration,
+        limit: u32,
+    ) -> Result<Vec<FileJob>, StoreError> {
+        Ok(sqlx::query_as(&sql::TAKE.replace("LOCK", ""))
+            .bind(holder)
+            .bind(unix_micros(now + ttl))
+            .bind(unix_micros(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.writer)
+            .await?)
+    }
+
+    async fn archive_renew(
+        &self,
+        key: &str,
+        holder: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::RENEW)
+            .bind(key)
+            .bind(holder)
+            .bind(unix_micros(until))
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn archive_finish(
+        &self,
+        key: &str,
+        holder: &str,
+        finish: &Finish,
+    ) -> Result<bool, StoreError> {
+        let query = match finish {
+            Finish::Archived { size, content_type } => sqlx::query(sql::ARCHIVED)
+                .bind(key)
+                .bind(holder)
+                .bind(*size)
+                .bind(content_type.as_str())
+                .bind(unix_micros(OffsetDateTime::now_utc())),
+            Finish::Failed { reason } => sqlx::query(sql::FAILED)
+                .bind(key)
+                .bind(holder)
+                .bind(reason.as_str()),
+            Finish::Retry { at, reason } => sqlx::query(sql::RETRY)
+                .bind(key)
+                .bind(holder)
+                .bind(unix_micros(*at))
+                .bind(reason.as_str()),
+        };
+        Ok(query.execute(&self.writer).await?.rows_affected() == 1)
+    }
+
+    async fn archive_files(&self, ids: &[&str]) -> Result<Vec<ArchiveFile>, StoreError> {
+        // No arrays here: the ids go in as one JSON array.
+        let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned());
+        Ok(sqlx::query_as(&format!(
+            "SELECT {} FROM archive_files \
+             WHERE prediction_id IN (SELECT value FROM json_each($1)) ORDER BY prediction_id, url",
+            sql::FILE_COLUMNS
+        ))
+        .bind(ids)
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    async fn archive_file(&self, key: &str) -> Result<Option<ArchiveFile>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {} FROM archive_files WHERE key = $1",
+            sql::FILE_COLUMNS
+        ))
+        .bind(key)
+        .fetch_optional(&self.readers)
+        .await?)
+    }
+
+    async fn archive_usage(&self) -> Result<ArchiveUsage, StoreError> {
+        let (queued, archived_bytes): (i64, i64) =
+            sqlx::query_as(sql::USAGE).fetch_one(&self.readers).await?;
+        Ok(ArchiveUsage {
+            queued,
+            archived_bytes,
+        })
+    }
+
+    async fn archive_expire(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(sql::EXPIRE)
+            .bind(unix_micros(before))
+            .bind(i64::from(limit))
+            .fetch_all(&self.writer)
+            .await?)
+    }
+}
