@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prediction_inbox::sample;
-use prediction_inbox::verify::Secret;
 use sqlx::{Connection, Executor};
-use support::bench::{BenchDatabase, SECRET, Service, summary};
+use support::bench::{BenchDatabase, Service, fixed_rate_load as load, summary};
 use time::OffsetDateTime;
 
 #[tokio::main]
@@ -175,57 +174,4 @@ async fn removed(metrics: &str) -> f64 {
                 .ok()
         })
         .unwrap_or(0.0)
-}
-
-/// Sends `rate` deliveries a second, each at its scheduled time, for `length` or until `done`:
-/// each one's latency from its scheduled time, and how many were not answered 200.
-async fn load(
-    address: &str,
-    rate: u64,
-    length: Duration,
-    done: impl Fn() -> bool,
-) -> (Vec<Duration>, usize) {
-    let secret: Secret = SECRET.parse().unwrap();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .unwrap();
-    let url = format!("{address}/webhooks/replicate");
-    let interval = Duration::from_nanos(1_000_000_000 / rate);
-    let started = Instant::now();
-    let mut sent = Vec::new();
-    let mut life: Vec<String> = Vec::new();
-    let mut next = 0u64;
-    // A tick every millisecond sends whatever is due by then.
-    let mut ticks = tokio::time::interval(Duration::from_millis(1));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    while started.elapsed() < length && !done() {
-        ticks.tick().await;
-        while started + interval * next as u32 <= Instant::now() {
-            let scheduled = started + interval * next as u32;
-            next += 1;
-            if life.is_empty() {
-                let id = sample::prediction_id();
-                life = ["succeeded", "processing", "starting"]
-                    .iter()
-                    .map(|status| sample::prediction(&id, status))
-                    .collect();
-            }
-            let body = life.pop().unwrap_or_default();
-            let (client, secret, url) = (client.clone(), secret.clone(), url.clone());
-            sent.push(tokio::spawn(async move {
-                let answer = sample::send(&client, &url, &secret, body).await;
-                let ok = matches!(answer, Ok(answer) if answer.status == 200);
-                (scheduled.elapsed(), ok)
-            }));
-        }
-    }
-    let mut latencies = Vec::with_capacity(sent.len());
-    let mut failed = 0;
-    for send in sent {
-        let (latency, ok) = send.await.unwrap();
-        latencies.push(latency);
-        failed += usize::from(!ok);
-    }
-    (latencies, failed)
 }

@@ -151,6 +151,7 @@ impl Application {
                         archive.clone(),
                         worker_id(),
                         settings.request_timeout,
+                        waiters.finished(crate::archive::FINISHED_BOUND),
                     )
                     .map_err(|e| StartupError::Archive(e.to_string()))?,
                 );

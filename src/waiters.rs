@@ -46,6 +46,9 @@ struct Inner {
     by_caller: Mutex<HashMap<Caller, usize>>,
     max_per_caller: Option<usize>,
     closed: AtomicBool,
+    /// Where the ids of predictions that became terminal go, for a worker that wants them (the
+    /// archiver): bounded, and dropped when full, so ingest never waits on it.
+    finished: std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>,
 }
 
 struct Waiting {
@@ -77,6 +80,7 @@ impl Waiters {
                 by_caller: Mutex::new(HashMap::new()),
                 max_per_caller,
                 closed: AtomicBool::new(false),
+                finished: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -148,8 +152,21 @@ impl Waiters {
         self.inner.count.load(Ordering::Acquire)
     }
 
+    /// The ids of predictions that become terminal from now on, as this process hears of them
+    /// (from any replica), at most `bound` held; an id that finds it full is dropped, so the
+    /// reader must have another way to find what it missed. One reader: `None` once taken.
+    pub fn finished(&self, bound: usize) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(bound);
+        self.inner.finished.set(sender).ok().map(|()| receiver)
+    }
+
     /// Wakes the waiters interested in this change of a prediction.
     pub fn wake(&self, change: &Change) {
+        if change.terminal {
+            if let Some(finished) = self.inner.finished.get() {
+                let _ = finished.try_send(change.id.clone());
+            }
+        }
         if let Some(waiting) = self.lock().get(&change.id) {
             bump(&waiting.every);
             if change.terminal {

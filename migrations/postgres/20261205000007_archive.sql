@@ -1,9 +1,8 @@
 -- The output archive (src/archive/): output files copied into object storage before the platform
 -- removes them.
 --
--- `archive_predictions`: each succeeded prediction the archiver has looked at for files, so it
--- looks at each once. `archive_files`: one row a file, keyed by its copy's key in the store (a
--- digest of the prediction and the URL, then the file name):
+-- `archive_files`: one row a file to archive, keyed by its copy's key in the store (a digest of
+-- the prediction and the URL, then the file name):
 -- - `state`: `queued`, `archived`, `failed` (for good; `reason` says why) or `expired` (its copy
 --   was deleted after INBOX_ARCHIVE_RETENTION);
 -- - `completed_at`: when the prediction completed: the most recent are fetched first, as the
@@ -12,11 +11,6 @@
 -- - `leased_by`, `leased_until`: the replica fetching it, until when.
 -- Nothing here is written by ingest: the archiver finds succeeded predictions through the
 -- deliveries' `status` and `received_at` (the BRIN index by time).
-CREATE TABLE archive_predictions (
-    prediction_id text PRIMARY KEY REFERENCES predictions (id) ON DELETE CASCADE,
-    queued_at     timestamptz NOT NULL
-);
-
 CREATE TABLE archive_files (
     key           text COLLATE "C" PRIMARY KEY,
     prediction_id text NOT NULL REFERENCES predictions (id) ON DELETE CASCADE,

@@ -1,9 +1,4 @@
 -- The output archive, as in migrations/postgres (`archive`); times are Unix microseconds.
-CREATE TABLE archive_predictions (
-    prediction_id TEXT PRIMARY KEY NOT NULL REFERENCES predictions (id) ON DELETE CASCADE,
-    queued_at     INTEGER NOT NULL
-) STRICT;
-
 CREATE TABLE archive_files (
     key           TEXT PRIMARY KEY NOT NULL,
     prediction_id TEXT NOT NULL REFERENCES predictions (id) ON DELETE CASCADE,

@@ -24,7 +24,7 @@ use object_store::path::Path as ObjectPath;
 pub use fetch::{Hosts, is_public};
 pub use files::{ArchivedOutput, file_key, output_urls};
 pub use links::{LinkCheck, Links, SigningKey};
-pub use worker::Archiver;
+pub use worker::{Archiver, FINISHED_BOUND};
 
 /// What the archive is told (`INBOX_ARCHIVE_*`).
 #[derive(Debug, Clone)]

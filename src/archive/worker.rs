@@ -1,11 +1,14 @@
 //! The archiver: finds the predictions that succeeded, queues their output files, and fetches
 //! them into the object store, a few at a time, the most recently completed first.
 //!
-//! Finding them needs nothing of ingest: every delivery records its status, so the predictions
-//! that succeeded since the last pass are those with a `succeeded` delivery received since then
-//! (less a margin for batches that committed late). A pass runs at once when a prediction becomes
-//! terminal, and every few seconds besides; the time it has got through is kept in the database,
-//! so a restart looks back from there. Each file is leased while it is fetched, so replicas share
+//! Finding them needs nothing of ingest. Every second the archiver looks at the predictions this
+//! process heard become terminal (the change feed the waiters hear, from every replica, through
+//! `Waiters::finished`): a few index lookups. What that misses — a notification lost, a restart,
+//! a full channel — a sweep finds every `SWEEP_EVERY`: every delivery records its status, so it
+//! walks the `succeeded` deliveries received since the last sweep began, less the margin in
+//! which a late batch may still commit, up to that margin before now (the next sweep's start);
+//! the time it got through is kept in the database, so a restart looks back from there. A
+//! prediction whose files are recorded is not looked at again. Each file is leased while it is fetched, so replicas share
 //! the queue, and a replica that dies mid-download leaves a lease that runs out and a file that
 //! another fetches again from the start.
 
@@ -17,14 +20,13 @@ use object_store::path::Path as ObjectPath;
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::fetch::{self, FetchError};
 use super::{Archive, file_key, output_urls};
 use crate::metrics;
-use crate::store::{FileJob, Finish, NewFile, Store, StoreError, StoredPrediction};
+use crate::store::{FileJob, Finish, Found, NewFile, Store, StoreError, StoredPrediction};
 
 /// Files fetched at once by one replica: what bounds its memory (`fetch::PART_BYTES` each, about
 /// twice) and its share of the network.
@@ -37,15 +39,27 @@ const ATTEMPTS: i32 = 6;
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 /// How far back the first pass on a database looks: the platform's files live about an hour.
 const FIRST_LOOK_BACK: Duration = Duration::from_secs(2 * 3600);
-/// Predictions looked at per query of a pass.
-const PAGE: u32 = 200;
-/// A pass when nothing wakes the archiver sooner.
+/// Deliveries looked at per query of a walk, and per transaction that records what they carry.
+const PAGE: u32 = 500;
+/// The predictions heard to finish are looked at this often: a file is queued within about a
+/// second of its prediction's success, a batch of ids at a time.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// Ids of finished predictions held for the next look; past it they are left to the sweep.
+pub const FINISHED_BOUND: usize = 20_000;
+/// The queue is asked for files at least this often, besides whenever a walk queued some or a
+/// fetch ended: retries come due, and other replicas queue files.
 const TICK: Duration = Duration::from_secs(5);
+/// The sweep, which looks back over the margin, runs this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 const USAGE_EVERY: Duration = Duration::from_secs(15);
 /// How often copies past `INBOX_ARCHIVE_RETENTION` are deleted, at most.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
-/// Where the passes keep the time they have got through.
+/// Where the sweeps keep the time they have got through.
 const CHECKPOINT: &str = "archive";
+
+/// A place in the walk through the deliveries: arrival time, then `webhook-id`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Place(OffsetDateTime, String);
 
 pub struct Archiver {
     store: Arc<dyn Store>,
@@ -57,6 +71,8 @@ pub struct Archiver {
     margin: Duration,
     /// Bytes archived in all, as last counted plus what this replica added since.
     used_bytes: AtomicI64,
+    /// The ids of predictions this process hears become terminal (`Waiters::finished`).
+    finished: tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
 }
 
 impl Archiver {
@@ -66,6 +82,7 @@ impl Archiver {
         archive: Arc<Archive>,
         holder: String,
         request_timeout: Duration,
+        finished: Option<tokio::sync::mpsc::Receiver<String>>,
     ) -> Result<Self, reqwest::Error> {
         Ok(Self {
             client: fetch::client(&archive.settings.hosts)?,
@@ -74,34 +91,42 @@ impl Archiver {
             holder,
             margin: request_timeout + Duration::from_secs(30),
             used_bytes: AtomicI64::new(0),
+            finished: tokio::sync::Mutex::new(finished),
         })
     }
 
-    /// Runs the passes and the fetches for as long as it is polled; the fetches in flight stop
+    /// Runs the walks and the fetches for as long as it is polled; the fetches in flight stop
     /// with it, and their leases run out.
     pub async fn run(self: Arc<Self>) {
-        let wake = Arc::new(Notify::new());
-        let mut background = JoinSet::new();
-        background.spawn(wake_on_terminal(self.store.clone(), wake.clone()));
         let mut fetches = JoinSet::new();
-        let (mut counted, mut expired) = (None::<Instant>, None::<Instant>);
-        // Due at start, when a prediction becomes terminal, and every tick.
-        let (mut passed, mut woken) = (None::<Instant>, true);
+        let (mut counted, mut expired, mut swept) =
+            (None::<Instant>, None::<Instant>, None::<Instant>);
+        // Whether the queue may hold files this replica could take: not asked again until
+        // something may have changed that.
+        let (mut may_take, mut taken) = (true, None::<Instant>);
         loop {
             if counted.is_none_or(|at| at.elapsed() >= USAGE_EVERY) {
                 self.count_usage().await;
                 counted = Some(Instant::now());
             }
-            if woken || passed.is_none_or(|at| at.elapsed() >= TICK) {
-                if let Err(error) = self.pass().await {
-                    tracing::warn!(%error, "the archiver could not look for new output files; it tries again shortly");
+            let looked = if swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+                swept = Some(Instant::now());
+                self.sweep().await
+            } else {
+                self.look_at_the_finished().await
+            };
+            match looked {
+                Ok(queued) => may_take |= queued > 0,
+                Err(error) => {
+                    tracing::warn!(%error, "the archiver could not look for new output files; it tries again shortly")
                 }
-                (passed, woken) = (Some(Instant::now()), false);
             }
             let free = CONCURRENT_FETCHES - fetches.len();
-            if free > 0 {
+            if free > 0 && may_take {
+                taken = Some(Instant::now());
                 match self.take(free).await {
                     Ok(jobs) => {
+                        may_take = jobs.len() == free;
                         for job in jobs {
                             fetches.spawn(self.clone().archive(job));
                         }
@@ -121,69 +146,125 @@ impl Archiver {
                 expired = Some(Instant::now());
             }
             tokio::select! {
-                () = wake.notified() => woken = true,
-                Some(_) = fetches.join_next(), if !fetches.is_empty() => {}
-                () = tokio::time::sleep(TICK) => {}
+                Some(_) = fetches.join_next(), if !fetches.is_empty() => may_take = true,
+                () = tokio::time::sleep(LOOK_EVERY) => {}
+            }
+            // Retries come due, and other replicas queue files: asked again now and then.
+            if taken.is_none_or(|at| at.elapsed() >= TICK) {
+                may_take = true;
             }
         }
     }
 
-    /// Looks at every prediction that succeeded since the last pass and queues its files:
-    /// how many it looked at.
-    pub async fn pass(&self) -> Result<u64, StoreError> {
+    /// Queues the files of the predictions this process heard become terminal since the last
+    /// look, those that succeeded: how many files.
+    async fn look_at_the_finished(&self) -> Result<u64, StoreError> {
+        let mut ids = Vec::new();
+        if let Some(finished) = self.finished.lock().await.as_mut() {
+            while ids.len() < FINISHED_BOUND {
+                match finished.try_recv() {
+                    Ok(id) => ids.push(id),
+                    Err(_) => break,
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let mut queued = 0;
+        for ids in ids.chunks(PAGE as usize) {
+            let found: Vec<Found> = self
+                .store
+                .archive_candidates_among(ids)
+                .await?
+                .iter()
+                .map(|prediction| self.files_of(prediction))
+                .collect();
+            self.store.archive_enqueue(&found).await?;
+            queued += found.iter().map(|f| f.files.len() as u64).sum::<u64>();
+        }
+        Ok(queued)
+    }
+
+    /// Looks again at every succeeded delivery since the last sweep began, less the margin for
+    /// batches that committed late, and records the sweep in the database: what a restart, or a
+    /// change the quick walk passed before it committed, needs. Where it got to.
+    pub async fn sweep(&self) -> Result<u64, StoreError> {
         let started = OffsetDateTime::now_utc();
         let since = match self.store.checkpoint(CHECKPOINT).await? {
             Some(through) => through - self.margin,
             None => started - FIRST_LOOK_BACK,
         };
-        let mut looked_at = 0;
-        loop {
-            let found = self.store.archive_candidates(since, PAGE).await?;
-            let full = found.len() == PAGE as usize;
-            for prediction in found {
-                self.queue(&prediction).await?;
-                looked_at += 1;
-            }
-            if !full {
-                break;
-            }
-        }
+        // Up to where the next sweep begins: each delivery is looked at again once.
+        let through = self
+            .walk(Place(since, String::new()), Some(started - self.margin))
+            .await?;
         self.store.set_checkpoint(CHECKPOINT, started).await?;
-        Ok(looked_at)
+        Ok(through.1)
     }
 
-    /// Queues the files of one succeeded prediction; a URL no list entry allows is recorded as
-    /// failed at once, and never fetched.
-    async fn queue(&self, prediction: &StoredPrediction) -> Result<(), StoreError> {
+    /// Queues the files of the predictions that succeeded after `from` (and before `until`), a
+    /// page at a time, each page one transaction: where it got to, and how many files it queued.
+    async fn walk(
+        &self,
+        from: Place,
+        until: Option<OffsetDateTime>,
+    ) -> Result<(Place, u64), StoreError> {
+        let (mut place, mut queued) = (from, 0);
+        loop {
+            let page = self
+                .store
+                .archive_candidates((place.0, &place.1), until, PAGE)
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok((place, queued));
+            };
+            let full = page.len() == PAGE as usize;
+            place = Place(last.received_at, last.webhook_id.clone());
+            let mut found: Vec<Found> = Vec::with_capacity(page.len());
+            for candidate in &page {
+                // A prediction succeeded by two deliveries (a webhook and an answer) comes twice.
+                if !found.iter().any(|f| f.id == candidate.prediction.id) {
+                    found.push(self.files_of(&candidate.prediction));
+                }
+            }
+            self.store.archive_enqueue(&found).await?;
+            queued += found.iter().map(|f| f.files.len() as u64).sum::<u64>();
+            if !full {
+                return Ok((place, queued));
+            }
+        }
+    }
+
+    /// The files of one succeeded prediction to archive.
+    fn files_of(&self, prediction: &StoredPrediction) -> Found {
         let body: Value = serde_json::from_str(&prediction.body).unwrap_or(Value::Null);
         let completed_at = body
             .get("completed_at")
             .and_then(Value::as_str)
             .and_then(|text| OffsetDateTime::parse(text, &Rfc3339).ok())
             .unwrap_or_else(OffsetDateTime::now_utc);
-        let files: Vec<NewFile> = body
+        // A URL on a host the list does not name is a link to elsewhere, left as it is.
+        let files = body
             .get("output")
             .map(output_urls)
             .unwrap_or_default()
             .into_iter()
-            .map(|url| {
-                let allowed = reqwest::Url::parse(&url)
+            .filter(|url| {
+                reqwest::Url::parse(url)
                     .ok()
                     .and_then(|parsed| self.archive.settings.hosts.allows(&parsed))
-                    .is_some();
-                if !allowed {
-                    metrics::archive_file("failed", Some("host_not_allowed"), 0);
-                }
-                NewFile {
-                    key: file_key(&prediction.id, &url),
-                    refused: (!allowed).then_some("host_not_allowed"),
-                    url,
-                }
+                    .is_some()
+            })
+            .map(|url| NewFile {
+                key: file_key(&prediction.id, &url),
+                url,
             })
             .collect();
-        self.store
-            .archive_enqueue(&prediction.id, completed_at, &files)
-            .await
+        Found {
+            id: prediction.id.clone(),
+            completed_at,
+            files,
+        }
     }
 
     async fn take(&self, limit: usize) -> Result<Vec<FileJob>, StoreError> {
@@ -354,27 +435,5 @@ impl Archiver {
             }
             Err(error) => tracing::warn!(%error, "could not count the archive's files"),
         }
-    }
-}
-
-/// Wakes the archiver whenever a prediction becomes terminal (or changes may have been missed),
-/// so a succeeded prediction's files are queued at once rather than at the next tick.
-async fn wake_on_terminal(store: Arc<dyn Store>, wake: Arc<Notify>) {
-    loop {
-        let mut feed = match store.change_feed().await {
-            Ok(feed) => feed,
-            Err(_) => {
-                tokio::time::sleep(TICK).await;
-                continue;
-            }
-        };
-        loop {
-            match feed.next().await {
-                Ok(Some(change)) if !change.terminal => {}
-                Ok(_) => wake.notify_one(),
-                Err(_) => break,
-            }
-        }
-        tokio::time::sleep(TICK).await;
     }
 }

@@ -11,22 +11,25 @@ use super::{StoreError, StoredPrediction};
 /// What the archiver needs of the database.
 #[async_trait::async_trait]
 pub trait ArchiveQueue: Send + Sync {
-    /// `succeeded` predictions with a `succeeded` delivery received at `since` or later that have
-    /// not been looked at for files yet, at most `limit`.
+    /// The next `succeeded` deliveries after `after` (arrival time, `webhook-id`) and received
+    /// before `until` if given, in that order, whose prediction is `succeeded` and has no file
+    /// recorded yet, at most `limit`.
     async fn archive_candidates(
         &self,
-        since: OffsetDateTime,
+        after: (OffsetDateTime, &str),
+        until: Option<OffsetDateTime>,
         limit: u32,
+    ) -> Result<Vec<Candidate>, StoreError>;
+
+    /// Those of the predictions named that are `succeeded` and have no file recorded yet.
+    async fn archive_candidates_among(
+        &self,
+        ids: &[String],
     ) -> Result<Vec<StoredPrediction>, StoreError>;
 
-    /// Records that prediction `id` has been looked at, and its files, in one transaction; files
-    /// recorded before are left as they are.
-    async fn archive_enqueue(
-        &self,
-        id: &str,
-        completed_at: OffsetDateTime,
-        files: &[NewFile],
-    ) -> Result<(), StoreError>;
+    /// Records the files of these predictions, in one transaction; a file recorded before is left
+    /// as it is.
+    async fn archive_enqueue(&self, found: &[Found]) -> Result<(), StoreError>;
 
     /// Leases to `holder` until `now + ttl` at most `limit` queued files that are due and not
     /// leased by another holder whose lease is running, the most recently completed first, and
@@ -73,13 +76,28 @@ pub trait ArchiveQueue: Send + Sync {
     ) -> Result<Vec<String>, StoreError>;
 }
 
+/// A succeeded prediction to look at for files, and the delivery it was found by: the walk's
+/// place.
+#[derive(Debug)]
+pub struct Candidate {
+    pub received_at: OffsetDateTime,
+    pub webhook_id: String,
+    pub prediction: StoredPrediction,
+}
+
+/// A succeeded prediction, and the files of its output to archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub id: String,
+    pub completed_at: OffsetDateTime,
+    pub files: Vec<NewFile>,
+}
+
 /// A file found in an output, to be recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewFile {
     pub key: String,
     pub url: String,
-    /// `None`: queued; else failed for this reason (a URL never to be fetched).
-    pub refused: Option<&'static str>,
 }
 
 /// A file leased to be fetched.
@@ -130,21 +148,22 @@ pub struct ArchiveUsage {
     pub archived_bytes: i64,
 }
 
-/// `BODY` is each backend's way to the latest state's body.
+/// `BODY` is each backend's way to the latest state's body. Postgres finds the deliveries by
+/// time in its BRIN index, SQLite in a partial index of the succeeded ones: both need the plain
+/// `received_at >= $1`, which they can use, beside the row comparison, which they cannot.
 pub(super) const CANDIDATES: &str = "\
-    SELECT p.id, p.status, p.created_at, BODY AS body FROM predictions AS p \
-    WHERE p.status = 'succeeded' \
-      AND p.id IN (SELECT d.prediction_id FROM deliveries AS d \
-                   WHERE d.status = 'succeeded' AND d.received_at >= $1) \
-      AND NOT EXISTS (SELECT 1 FROM archive_predictions AS a WHERE a.prediction_id = p.id) \
-    LIMIT $2";
+    SELECT d.received_at, d.webhook_id, p.id, p.status, p.created_at, BODY AS body \
+    FROM deliveries AS d JOIN predictions AS p ON p.id = d.prediction_id \
+    WHERE d.status = 'succeeded' AND d.received_at >= $1 \
+      AND (d.received_at, d.webhook_id) > ($1, $2) AND ($4 IS NULL OR d.received_at < $4) \
+      AND p.status = 'succeeded' \
+      AND NOT EXISTS (SELECT 1 FROM archive_files AS f WHERE f.prediction_id = p.id) \
+    ORDER BY d.received_at, d.webhook_id LIMIT $3";
 
-pub(super) const LOOKED_AT: &str = "INSERT INTO archive_predictions (prediction_id, queued_at) \
-     VALUES ($1, $2) ON CONFLICT DO NOTHING";
-
+/// One at a time, as SQLite records them (Postgres records a page in one statement).
 pub(super) const ENQUEUE: &str = "\
-    INSERT INTO archive_files (key, prediction_id, url, completed_at, state, reason, next_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $4) ON CONFLICT (key) DO NOTHING";
+    INSERT INTO archive_files (key, prediction_id, url, completed_at, state, next_at) \
+    VALUES ($1, $2, $3, $4, 'queued', $4) ON CONFLICT (key) DO NOTHING";
 
 /// `LOCK` is `FOR UPDATE SKIP LOCKED` on Postgres, where replicas take at once.
 pub(super) const TAKE: &str = "\
@@ -170,6 +189,12 @@ pub(super) const FAILED: &str = "\
 pub(super) const RETRY: &str = "\
     UPDATE archive_files SET next_at = $3, reason = $4, leased_by = NULL, leased_until = NULL \
     WHERE key = $1 AND leased_by = $2 AND state = 'queued'";
+
+/// `AMONG` is each backend's way to take a list of ids, `BODY` its way to the latest state's body.
+pub(super) const CANDIDATES_AMONG: &str = "\
+    SELECT p.id, p.status, p.created_at, BODY AS body FROM predictions AS p \
+    WHERE p.id AMONG AND p.status = 'succeeded' \
+      AND NOT EXISTS (SELECT 1 FROM archive_files AS f WHERE f.prediction_id = p.id)";
 
 pub(super) const FILE_COLUMNS: &str = "key, prediction_id, url, state, reason, size, content_type";
 

@@ -30,7 +30,9 @@ use tokio::time::Instant;
 
 use crate::domain::{Prediction, Progress, Status, WebhookId, holdable};
 
-pub use archive::{ArchiveFile, ArchiveQueue, ArchiveUsage, FileJob, Finish, NewFile};
+pub use archive::{
+    ArchiveFile, ArchiveQueue, ArchiveUsage, Candidate, FileJob, Finish, Found, NewFile,
+};
 
 /// What the service needs of a database. Every method that touches data is one transaction or
 /// one consistent read. Its futures are boxed, which parked waiters rely on: a future is as large

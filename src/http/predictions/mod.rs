@@ -74,6 +74,12 @@ pub struct PredictionObject {
     urls: Option<serde_json::Value>,
     #[schema(value_type = Option<Object>)]
     metrics: Option<serde_json::Value>,
+    /// Not the platform's: added by the inbox once output files are archived (or failed to be).
+    /// `original_output` is `output` as the platform sent it; `files` says of each file `url`,
+    /// `state` (`queued`, `archived`, `failed`, `expired`), and `reason`, `size`, `content_type`
+    /// where known. `output` then names the inbox's copies, at `/archive/…` links that expire.
+    #[schema(value_type = Option<Object>)]
+    inbox_archive: Option<serde_json::Value>,
 }
 
 /// Any JSON value: a schema without a type.

@@ -3,12 +3,11 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use sqlx::Connection;
 use time::OffsetDateTime;
 
 use super::Postgres;
 use crate::store::archive::{
-    self as sql, ArchiveFile, ArchiveQueue, ArchiveUsage, FileJob, Finish, NewFile,
+    self as sql, ArchiveFile, ArchiveQueue, ArchiveUsage, Candidate, FileJob, Finish, Found,
 };
 use crate::store::{StoreError, StoredPrediction};
 
@@ -19,50 +18,94 @@ const BODY: &str = "(SELECT d.body FROM deliveries AS d WHERE d.webhook_id = p.l
 impl ArchiveQueue for Postgres {
     async fn archive_candidates(
         &self,
-        since: OffsetDateTime,
+        after: (OffsetDateTime, &str),
+        until: Option<OffsetDateTime>,
         limit: u32,
-    ) -> Result<Vec<StoredPrediction>, StoreError> {
+    ) -> Result<Vec<Candidate>, StoreError> {
         static CANDIDATES: LazyLock<String> =
             LazyLock::new(|| sql::CANDIDATES.replace("BODY", BODY));
-        Ok(self
+        let rows: Vec<(
+            OffsetDateTime,
+            String,
+            String,
+            Option<String>,
+            OffsetDateTime,
+            String,
+        )> = self
             .live(|| {
                 sqlx::query_as(&CANDIDATES)
-                    .bind(since)
+                    // Planned for its own bounds each time: a generic plan knows nothing of how
+                    // recent `$1` is, and scanned every delivery.
+                    .persistent(false)
+                    .bind(after.0)
+                    .bind(after.1)
                     .bind(i64::from(limit))
+                    .bind(until)
                     .fetch_all(&self.pool)
             })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(received_at, webhook_id, id, status, created_at, body)| Candidate {
+                    received_at,
+                    webhook_id,
+                    prediction: StoredPrediction {
+                        id,
+                        status,
+                        created_at,
+                        body,
+                    },
+                },
+            )
+            .collect())
+    }
+
+    async fn archive_candidates_among(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<StoredPrediction>, StoreError> {
+        static AMONG: LazyLock<String> = LazyLock::new(|| {
+            sql::CANDIDATES_AMONG
+                .replace("AMONG", "= ANY($1)")
+                .replace("BODY", BODY)
+        });
+        Ok(self
+            .live(|| sqlx::query_as(&AMONG).bind(ids).fetch_all(&self.pool))
             .await?)
     }
 
-    async fn archive_enqueue(
-        &self,
-        id: &str,
-        completed_at: OffsetDateTime,
-        files: &[NewFile],
-    ) -> Result<(), StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        let mut tx = connection.begin().await?;
-        sqlx::query(sql::LOOKED_AT)
-            .bind(id)
-            .bind(OffsetDateTime::now_utc())
-            .execute(&mut *tx)
-            .await?;
-        for file in files {
-            sqlx::query(sql::ENQUEUE)
-                .bind(&file.key)
-                .bind(id)
-                .bind(&file.url)
-                .bind(completed_at)
-                .bind(if file.refused.is_some() {
-                    "failed"
-                } else {
-                    "queued"
-                })
-                .bind(file.refused)
-                .execute(&mut *tx)
-                .await?;
+    /// One statement whatever the number: a walk under load records thousands a second.
+    async fn archive_enqueue(&self, found: &[Found]) -> Result<(), StoreError> {
+        let files = found
+            .iter()
+            .flat_map(|f| f.files.iter().map(move |file| (f, file)));
+        let (mut keys, mut owners, mut urls, mut completed) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (prediction, file) in files {
+            keys.push(file.key.as_str());
+            owners.push(prediction.id.as_str());
+            urls.push(file.url.as_str());
+            completed.push(prediction.completed_at);
         }
-        tx.commit().await?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.live(|| {
+            sqlx::query(
+                "INSERT INTO archive_files (key, prediction_id, url, completed_at, state, next_at) \
+                 SELECT k, p, u, c, 'queued', c \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
+                     AS f (k, p, u, c) \
+                 ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(&keys)
+            .bind(&owners)
+            .bind(&urls)
+            .bind(&completed)
+            .execute(&self.pool)
+        })
+        .await?;
         Ok(())
     }
 

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::{Row, Sqlite};
+use super::{Row, Sqlite, micros_to_time};
 use crate::domain::unix_micros;
 use crate::store::archive::{
-    self as sql, ArchiveFile, ArchiveQueue, ArchiveUsage, FileJob, Finish, NewFile,
+    self as sql, ArchiveFile, ArchiveQueue, ArchiveUsage, Candidate, FileJob, Finish, Found,
 };
 use crate::store::{StoreError, StoredPrediction};
 
@@ -16,12 +16,48 @@ use crate::store::{StoreError, StoredPrediction};
 impl ArchiveQueue for Sqlite {
     async fn archive_candidates(
         &self,
-        since: OffsetDateTime,
+        after: (OffsetDateTime, &str),
+        until: Option<OffsetDateTime>,
         limit: u32,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        let rows: Vec<(i64, String, String, Option<String>, i64, String)> =
+            sqlx::query_as(&sql::CANDIDATES.replace("BODY", "p.body"))
+                .bind(unix_micros(after.0))
+                .bind(after.1)
+                .bind(i64::from(limit))
+                .bind(until.map(unix_micros))
+                .fetch_all(&self.readers)
+                .await?;
+        rows.into_iter()
+            .map(|(received_at, webhook_id, id, status, created_at, body)| {
+                let prediction = Row {
+                    id,
+                    status,
+                    created_at,
+                    body,
+                }
+                .into_stored()?;
+                Ok(Candidate {
+                    received_at: micros_to_time(received_at, "received_at")?,
+                    webhook_id,
+                    prediction,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn archive_candidates_among(
+        &self,
+        ids: &[String],
     ) -> Result<Vec<StoredPrediction>, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(&sql::CANDIDATES.replace("BODY", "p.body"))
-            .bind(unix_micros(since))
-            .bind(i64::from(limit))
+        // No arrays here: the ids go in as one JSON array.
+        let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned());
+        let sql = sql::CANDIDATES_AMONG
+            .replace("AMONG", "IN (SELECT value FROM json_each($1))")
+            .replace("BODY", "p.body");
+        let rows: Vec<Row> = sqlx::query_as(&sql)
+            .bind(ids)
             .fetch_all(&self.readers)
             .await?;
         Ok(rows
@@ -30,32 +66,21 @@ impl ArchiveQueue for Sqlite {
             .collect::<Result<_, _>>()?)
     }
 
-    async fn archive_enqueue(
-        &self,
-        id: &str,
-        completed_at: OffsetDateTime,
-        files: &[NewFile],
-    ) -> Result<(), StoreError> {
+    async fn archive_enqueue(&self, found: &[Found]) -> Result<(), StoreError> {
+        if found.iter().all(|f| f.files.is_empty()) {
+            return Ok(());
+        }
         let mut tx = self.writer.begin().await?;
-        sqlx::query(sql::LOOKED_AT)
-            .bind(id)
-            .bind(unix_micros(OffsetDateTime::now_utc()))
-            .execute(&mut *tx)
-            .await?;
-        for file in files {
-            sqlx::query(sql::ENQUEUE)
-                .bind(&file.key)
-                .bind(id)
-                .bind(&file.url)
-                .bind(unix_micros(completed_at))
-                .bind(if file.refused.is_some() {
-                    "failed"
-                } else {
-                    "queued"
-                })
-                .bind(file.refused)
-                .execute(&mut *tx)
-                .await?;
+        for prediction in found {
+            for file in &prediction.files {
+                sqlx::query(sql::ENQUEUE)
+                    .bind(&file.key)
+                    .bind(&prediction.id)
+                    .bind(&file.url)
+                    .bind(unix_micros(prediction.completed_at))
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         tx.commit().await?;
         Ok(())
