@@ -9,8 +9,8 @@
 --   platform's hour runs out for them first;
 -- - `next_at`, `attempts`, `reason`: the retries of a file whose host failed;
 -- - `leased_by`, `leased_until`: the replica fetching it, until when.
--- Nothing here is written by ingest: the archiver finds succeeded predictions through the
--- deliveries' `status` and `received_at` (the BRIN index by time).
+-- Nothing here is written by ingest: the archiver hears which predictions became terminal, and
+-- sweeps the deliveries' `status` by `received_at` (the BRIN index by time) for what it missed.
 CREATE TABLE archive_files (
     key           text COLLATE "C" PRIMARY KEY,
     prediction_id text NOT NULL REFERENCES predictions (id) ON DELETE CASCADE,

@@ -58,7 +58,7 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 const CHECKPOINT: &str = "archive";
 
 /// A place in the walk through the deliveries: arrival time, then `webhook-id`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone)]
 struct Place(OffsetDateTime, String);
 
 pub struct Archiver {
@@ -66,7 +66,7 @@ pub struct Archiver {
     archive: Arc<Archive>,
     client: reqwest::Client,
     holder: String,
-    /// How late a batch can commit after its deliveries were received: a pass looks this far
+    /// How late a batch can commit after its deliveries were received: a sweep looks this far
     /// back before the last one started.
     margin: Duration,
     /// Bytes archived in all, as last counted plus what this replica added since.
@@ -95,8 +95,8 @@ impl Archiver {
         })
     }
 
-    /// Runs the walks and the fetches for as long as it is polled; the fetches in flight stop
-    /// with it, and their leases run out.
+    /// Looks for files, sweeps, fetches and expires for as long as it is polled; the fetches in
+    /// flight stop with it, and their leases run out.
     pub async fn run(self: Arc<Self>) {
         let mut fetches = JoinSet::new();
         let (mut counted, mut expired, mut swept) =
@@ -186,8 +186,9 @@ impl Archiver {
     }
 
     /// Looks again at every succeeded delivery since the last sweep began, less the margin for
-    /// batches that committed late, and records the sweep in the database: what a restart, or a
-    /// change the quick walk passed before it committed, needs. Where it got to.
+    /// batches that committed late, up to that margin before now, and records the sweep in the
+    /// database: what a restart, or a prediction the feed of finished ids missed, needs. How many
+    /// files it queued.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
         let started = OffsetDateTime::now_utc();
         let since = match self.store.checkpoint(CHECKPOINT).await? {
