@@ -8,6 +8,7 @@
 //! streaming it into the object store. `links` signs the inbox's URLs for the copies, which
 //! `http::archive` checks and serves, and `files` rewrites what readers get.
 
+mod background;
 mod fetch;
 mod files;
 mod links;
@@ -115,6 +116,10 @@ pub enum ArchiveError {
     },
     #[error("the archive's store cannot be used: {0}")]
     Store(#[from] object_store::Error),
+    #[error("the archive's HTTP client cannot start: {0}")]
+    Client(reqwest::Error),
+    #[error("the archive's threads cannot start: {0}")]
+    Threads(std::io::Error),
 }
 
 impl Archive {

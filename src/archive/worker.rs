@@ -23,6 +23,8 @@ use time::format_description::well_known::Rfc3339;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::ArchiveError;
+use super::background::Background;
 use super::fetch::{self, FetchError};
 use super::{Archive, file_key, output_urls};
 use crate::metrics;
@@ -73,6 +75,8 @@ pub struct Archiver {
     used_bytes: AtomicI64,
     /// The ids of predictions this process hears become terminal (`Waiters::finished`).
     finished: tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
+    /// Where the downloads run, below the service's priority.
+    background: Background,
 }
 
 impl Archiver {
@@ -83,9 +87,10 @@ impl Archiver {
         holder: String,
         request_timeout: Duration,
         finished: Option<tokio::sync::mpsc::Receiver<String>>,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Result<Self, ArchiveError> {
         Ok(Self {
-            client: fetch::client(&archive.settings.hosts)?,
+            background: Background::start().map_err(ArchiveError::Threads)?,
+            client: fetch::client(&archive.settings.hosts).map_err(ArchiveError::Client)?,
             store,
             archive,
             holder,
@@ -287,15 +292,25 @@ impl Archiver {
                 Err(FetchError::Refused("quota"))
             }
             _ => {
-                let path = ObjectPath::from(job.key.as_str());
-                let fetching = fetch::fetch(
-                    &self.client,
-                    &settings.hosts,
-                    &job.url,
-                    self.archive.store.as_ref(),
-                    &path,
+                let (client, hosts, url, store, max_bytes) = (
+                    self.client.clone(),
+                    settings.hosts.clone(),
+                    job.url.clone(),
+                    self.archive.store.clone(),
                     settings.max_file_bytes,
                 );
+                let path = ObjectPath::from(job.key.as_str());
+                let fetching = self.background.run(async move {
+                    fetch::fetch(&client, &hosts, &url, store.as_ref(), &path, max_bytes).await
+                });
+                let fetching = async {
+                    fetching.await.unwrap_or_else(|| {
+                        Err(FetchError::Failed {
+                            reason: "store_failed",
+                            detail: "the download's task ended before it did".into(),
+                        })
+                    })
+                };
                 tokio::select! {
                     outcome = fetching => outcome,
                     () = self.keep_lease(&job.key) => {
