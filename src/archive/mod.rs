@@ -102,7 +102,6 @@ impl Location {
 /// The object store files are kept in, and how links to them are signed.
 pub struct Archive {
     store: Arc<dyn ObjectStore>,
-    location: String,
     links: Links,
     settings: Settings,
 }
@@ -158,18 +157,15 @@ impl Archive {
         };
         Ok(Self {
             store,
-            location: settings.location.describe(),
+
             links: Links::new(settings.signing_keys.clone(), settings.link_ttl),
             settings,
         })
     }
 
-    pub fn describe(&self) -> &str {
-        &self.location
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.settings
+    /// Where it is, for the start-up log: never a credential.
+    pub fn describe(&self) -> String {
+        self.settings.location.describe()
     }
 
     pub fn links(&self) -> &Links {

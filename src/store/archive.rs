@@ -207,13 +207,3 @@ pub(super) const EXPIRE: &str = "\
     WHERE key IN (SELECT key FROM archive_files WHERE state = 'archived' AND archived_at < $1 \
                   LIMIT $2) \
     RETURNING key";
-
-impl Finish {
-    /// The reason recorded with it.
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            Self::Archived { .. } => None,
-            Self::Failed { reason } | Self::Retry { reason, .. } => Some(reason),
-        }
-    }
-}

@@ -75,20 +75,10 @@ async fn settled(app: &TestApp, id: &str, files: usize) -> Value {
 
 /// As `settled`, failing as soon as `holds` does not.
 async fn settled_while(app: &TestApp, id: &str, files: usize, holds: impl Fn() -> bool) -> Value {
-    let read = |app: &TestApp| {
-        let app = app.address.clone();
-        async move {
-            let body = reqwest::Client::new()
-                .get(format!("{app}/v1/predictions/{id}"))
-                .bearer_auth(support::TOKEN)
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            serde_json::from_str::<Value>(&body).ok()
-        }
+    let read = || async {
+        app.prediction(id)
+            .await
+            .and_then(|body| serde_json::from_str::<Value>(&body).ok())
     };
     let done = |read: &Value| {
         let listed = read["inbox_archive"]["files"]
@@ -99,7 +89,7 @@ async fn settled_while(app: &TestApp, id: &str, files: usize, holds: impl Fn() -
     };
     // Longer than `eventually`: files of megabytes, through a debug build, beside other tests.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while !read(app).await.is_some_and(|value| done(&value)) {
+    while !read().await.is_some_and(|value| done(&value)) {
         assert!(
             holds(),
             "{id}: what must hold while its files are fetched did not"
@@ -110,7 +100,7 @@ async fn settled_while(app: &TestApp, id: &str, files: usize, holds: impl Fn() -
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    read(app).await.expect("the prediction")
+    read().await.expect("the prediction")
 }
 
 /// A plain GET, without any bearer.

@@ -115,7 +115,8 @@ fn sign_prints_the_reference_vectors() {
     }
 }
 
-async fn deliver(address: &str, body: &str) -> reqwest::Response {
+/// A signed delivery of `body` to the service at `address` (the binary's other tests use it too).
+pub(crate) async fn deliver(address: &str, body: &str) -> reqwest::Response {
     deliver_as(address, body, &support::new_webhook_id()).await
 }
 
@@ -137,7 +138,8 @@ async fn deliver_as(address: &str, body: &str, id: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn read(address: &str, id: &str) -> String {
+/// The prediction `id` as the service at `address` answers it; it must be there.
+pub(crate) async fn read(address: &str, id: &str) -> String {
     let response = reqwest::Client::new()
         .get(format!("{address}/v1/predictions/{id}"))
         .bearer_auth(TOKEN)

@@ -47,7 +47,6 @@ support::on_each_backend!(nothing_acknowledged_is_lost_across_kill_9_under_load)
 /// A file being fetched when the service is killed is fetched again, whole, once its lease runs
 /// out: the archive's queue lives in the database.
 async fn an_archive_cut_off_by_kill_9_resumes_after_restart(backend: Backend) {
-    use prediction_inbox::verify::Secret;
     use support::fake_replicate::{FakeReplicate, file_bytes};
 
     let fake = FakeReplicate::start().await;
@@ -81,22 +80,7 @@ async fn an_archive_cut_off_by_kill_9_resumes_after_restart(backend: Backend) {
         "created_at": "2026-12-05T10:00:00Z", "completed_at": "2026-12-05T10:00:05Z",
     })
     .to_string();
-    let secret: Secret = support::SECRET.parse().unwrap();
-    let (webhook_id, timestamp) = (support::new_webhook_id(), support::now());
-    let client = reqwest::Client::new();
-    let answer = client
-        .post(format!("{}/webhooks/replicate", service.address))
-        .header("webhook-id", &webhook_id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header(
-            "webhook-signature",
-            secret.sign(&webhook_id, timestamp, body.as_bytes()),
-        )
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let answer = crate::commands::deliver(&service.address, &body).await;
     assert!(answer.status().is_success());
     support::eventually("the download starts", || async {
         fake.file_requests("slow.bin") == 1
@@ -106,22 +90,13 @@ async fn an_archive_cut_off_by_kill_9_resumes_after_restart(backend: Backend) {
     service.child.wait().expect("reap");
 
     let service = start();
-    let read = |address: String| async move {
-        let read: serde_json::Value = reqwest::Client::new()
-            .get(format!("{address}/v1/predictions/p-crash"))
-            .bearer_auth(support::TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        read
-    };
+
     // The dead process's lease on the file runs out (30 s), then the new one fetches it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let read = loop {
-        let read = read(service.address.clone()).await;
+        let read: serde_json::Value =
+            serde_json::from_str(&crate::commands::read(&service.address, "p-crash").await)
+                .unwrap();
         if read["inbox_archive"]["files"][0]["state"] == "archived" {
             break read;
         }
@@ -132,14 +107,7 @@ async fn an_archive_cut_off_by_kill_9_resumes_after_restart(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let link = read["output"][0].as_str().unwrap();
-    let copy = client
-        .get(link)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let copy = reqwest::get(link).await.unwrap().bytes().await.unwrap();
     assert!(copy == file_bytes("slow.bin", size), "the copy differs");
     assert_eq!(fake.file_requests("slow.bin"), 2);
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::{Row, Sqlite, micros_to_time};
+use super::{Row, Sqlite, json_array, micros_to_time};
 use crate::domain::unix_micros;
 use crate::store::archive::{
     self as sql, ArchiveFile, ArchiveQueue, ArchiveUsage, Candidate, FileJob, Finish, Found,
@@ -51,8 +51,7 @@ impl ArchiveQueue for Sqlite {
         &self,
         ids: &[String],
     ) -> Result<Vec<StoredPrediction>, StoreError> {
-        // No arrays here: the ids go in as one JSON array.
-        let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned());
+        let ids = json_array(ids);
         let sql = sql::CANDIDATES_AMONG
             .replace("AMONG", "IN (SELECT value FROM json_each($1))")
             .replace("BODY", "p.body");
@@ -144,8 +143,7 @@ impl ArchiveQueue for Sqlite {
     }
 
     async fn archive_files(&self, ids: &[&str]) -> Result<Vec<ArchiveFile>, StoreError> {
-        // No arrays here: the ids go in as one JSON array.
-        let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned());
+        let ids = json_array(ids);
         Ok(sqlx::query_as(&format!(
             "SELECT {} FROM archive_files \
              WHERE prediction_id IN (SELECT value FROM json_each($1)) ORDER BY prediction_id, url",

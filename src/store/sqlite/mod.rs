@@ -246,7 +246,7 @@ impl Store for Sqlite {
         prediction_id: &str,
         webhook_ids: &[String],
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let ids = serde_json::to_string(webhook_ids).unwrap_or_default();
+        let ids = json_array(webhook_ids);
         Ok(sqlx::query_as(
             "SELECT webhook_id, body FROM deliveries \
              WHERE prediction_id = $1 AND webhook_id IN (SELECT value FROM json_each($2)) \
@@ -654,6 +654,12 @@ impl HistoryRow {
             body_kept: self.body_kept,
         })
     }
+}
+
+/// A list as one JSON array, which a statement takes apart with `json_each`: SQLite has no arrays.
+fn json_array(items: &[impl serde::Serialize]) -> String {
+    // A slice of strings always serialises.
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
 }
 
 /// A stored Unix-microseconds column as a time.
