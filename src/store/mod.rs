@@ -20,6 +20,8 @@ pub use postgres::plan::Plan as BatchPlan;
 /// The statement that records a batch on Postgres, as the service sends it: for
 /// `tools/compare-naive.sh`, which runs it alone under pgbench.
 pub const POSTGRES_BATCH_STATEMENT: &str = postgres::RECORD;
+/// The settings of the Postgres connection that runs it.
+pub const POSTGRES_WRITER_SETTINGS: [(&str, &str); 3] = postgres::WRITER_SETTINGS;
 
 use std::fmt;
 use std::sync::Arc;

@@ -285,14 +285,9 @@ async fn batches_are_written_on_one_connection_the_writer_keeps() {
 #[tokio::test]
 async fn a_closed_store_writes_nothing_and_leaves_no_connection_open() {
     use prediction_inbox::domain::{Prediction, WebhookId};
-    use prediction_inbox::store::DatabaseUrl;
-    use prediction_inbox::store::{self, NewDelivery};
+    use prediction_inbox::store::NewDelivery;
 
-    let db = support::TestDatabase::create().await;
-    let store = store::open(&DatabaseUrl::Postgres(db.url.clone()), 2)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let (db, store) = migrated_postgres_store().await;
     let delivery = |webhook_id: &str| {
         let body = prediction("p1", "starting", "");
         let prediction = Prediction::parse(&body).unwrap();
@@ -338,4 +333,60 @@ async fn a_closed_store_writes_nothing_and_leaves_no_connection_open() {
         .await
         .unwrap();
     assert_eq!(recorded, 1);
+}
+
+/// The writer's statement finds each prediction of a batch through its key even in a plan made
+/// while `predictions` was empty. The server keeps one generic plan per connection after five
+/// runs; made on a near-empty table, it had read the whole table for every batch ever after, and
+/// a fresh database wrote half as many deliveries a second as it should have.
+#[tokio::test]
+async fn the_batch_statement_finds_predictions_by_key_in_a_plan_made_on_an_empty_table() {
+    use prediction_inbox::store::{POSTGRES_BATCH_STATEMENT, POSTGRES_WRITER_SETTINGS};
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+    use sqlx::{Connection, Executor, Row};
+
+    let (db, _store) = migrated_postgres_store().await;
+    let options: PgConnectOptions = db.url.parse().unwrap();
+    let mut connection = PgConnection::connect_with(&options.options(POSTGRES_WRITER_SETTINGS))
+        .await
+        .unwrap();
+    connection
+        .execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    connection
+        .execute(format!("PREPARE record AS {POSTGRES_BATCH_STATEMENT}").as_str())
+        .await
+        .unwrap();
+    let plan: Vec<String> = connection
+        .fetch_all(
+            "EXPLAIN EXECUTE record('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', \
+             '{}', '{}', '{}', '{}', 'channel', '1 minute', '{}')",
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Scan using predictions_pkey on predictions"),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan on predictions"), "{plan}");
+}
+
+/// A fresh Postgres database with the service's tables, and the store over it.
+async fn migrated_postgres_store() -> (
+    support::TestDatabase,
+    std::sync::Arc<dyn prediction_inbox::store::Store>,
+) {
+    use prediction_inbox::store::{self, DatabaseUrl};
+
+    let db = support::TestDatabase::create().await;
+    let store = store::open(&DatabaseUrl::Postgres(db.url.clone()), 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    (db, store)
 }
