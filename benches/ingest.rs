@@ -11,13 +11,20 @@
 //! prediction's life — starting, processing, succeeded — as the platform sends it, about 870 bytes
 //! each, in order on one keep-alive connection. Each connection sends its next delivery as soon as
 //! the previous is answered. Reported: deliveries acknowledged per second, latency percentiles,
-//! answers that were not 2xx, and the service's resident memory idle and at its peak.
+//! answers that were not 2xx, the machine's CPU a delivery and whose it was, and the service's
+//! resident memory idle and at its peak.
+//!
+//! The service runs as shipped, with its background workers idle beside ingest: the pruner (its
+//! default retention), the reconciler (a token, and a fake platform that has nothing to list) and
+//! the archiver (a folder, and no allowed host among the sample outputs' files, so it only
+//! looks).
 
 use std::time::{Duration, Instant};
 
 use prediction_inbox::sample;
 use prediction_inbox::verify::Secret;
-use support::bench::{BenchDatabase, SECRET, Service, summary};
+use support::bench::{BenchDatabase, SECRET, Service, free_port, summary};
+use support::fake_replicate::{ACCOUNT_TOKEN, FakeReplicate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -51,6 +58,13 @@ async fn main() {
     // For tools/compare-naive.sh: the batch statement it runs alone.
     if args.first().map(String::as_str) == Some("statement") {
         println!("{}", prediction_inbox::store::POSTGRES_BATCH_STATEMENT);
+        return;
+    }
+    // And the settings of the connection it runs on, as `PGOPTIONS`.
+    if args.first().map(String::as_str) == Some("statement-settings") {
+        let settings = prediction_inbox::store::POSTGRES_WRITER_SETTINGS
+            .map(|(name, value)| format!("-c {name}={value}"));
+        println!("{}", settings.join(" "));
         return;
     }
     let backend = args.first().map_or("postgres", String::as_str).to_owned();
@@ -95,11 +109,32 @@ async fn main() {
         connections * per_connection
     );
 
-    let service = Service::start(&url, &[]);
+    // The background workers, idle: see the module's docs.
+    let fake = FakeReplicate::start().await;
+    let port = free_port();
+    let webhook = format!("http://127.0.0.1:{port}/webhooks/replicate");
+    let archive = support::target_tmp().join(format!("ingest-archive-{}", std::process::id()));
+    std::fs::create_dir_all(&archive).unwrap();
+    let archive_url = format!("file://{}", archive.display());
+    let service = Service::start_on(
+        port,
+        &url,
+        &[
+            ("REPLICATE_API_TOKEN", ACCOUNT_TOKEN),
+            ("INBOX_REPLICATE_API_URL", fake.url()),
+            ("INBOX_WEBHOOK_URL", &webhook),
+            ("INBOX_ARCHIVE_URL", &archive_url),
+            // The sample outputs' files are on replicate.delivery, which this machine cannot
+            // reach: allowed, each would be fetched and fail. The archiver still reads every
+            // finished prediction's output and finds nothing it may fetch.
+            ("INBOX_ARCHIVE_HOSTS", "files.invalid"),
+        ],
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = service.rss_kib();
     let target = service.address.trim_start_matches("http://").to_owned();
     let busy_before = support::bench::busy_cpu_seconds();
+    let shares_before = cpu_shares(&service);
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
     let senders: Vec<_> = streams
@@ -115,6 +150,7 @@ async fn main() {
     }
     let elapsed = started.elapsed();
     let busy = support::bench::busy_cpu_seconds() - busy_before;
+    let shares = cpu_shares(&service).map2(shares_before, |after, before| after - before);
     let (rss, peak) = service.memory();
     let metrics = reqwest::get(format!("{}/metrics", service.address))
         .await
@@ -150,6 +186,14 @@ async fn main() {
         busy * 100.0 / elapsed.as_secs_f64() / cores() as f64,
         cores()
     );
+    let per_delivery = |seconds: f64| seconds * 1e6 / acknowledged.max(1) as f64;
+    println!(
+        "  of which: service {:.0} µs, Postgres {:.0} µs, this load tool {:.0} µs, the rest {:.0} µs",
+        per_delivery(shares.0),
+        per_delivery(shares.1),
+        per_delivery(shares.2),
+        per_delivery(busy - shares.0 - shares.1 - shares.2),
+    );
     println!(
         "{batches} transactions, {:.1} deliveries each on average",
         batched / batches.max(1.0)
@@ -161,6 +205,7 @@ async fn main() {
         peak as f64 / 1024.0
     );
     drop(service);
+    let _ = std::fs::remove_dir_all(&archive);
     if let Some(database) = database {
         database.drop_it().await;
     }
@@ -232,4 +277,22 @@ async fn read_answer(connection: &mut TcpStream, buffer: &mut Vec<u8>) -> u16 {
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// CPU seconds spent so far by the service, by Postgres' processes and by this tool.
+#[derive(Clone, Copy)]
+struct Shares(f64, f64, f64);
+
+impl Shares {
+    fn map2(self, other: Self, f: impl Fn(f64, f64) -> f64) -> Self {
+        Self(f(self.0, other.0), f(self.1, other.1), f(self.2, other.2))
+    }
+}
+
+fn cpu_shares(service: &Service) -> Shares {
+    Shares(
+        service.cpu_seconds(),
+        support::bench::postgres_cpu_seconds(),
+        support::bench::process_cpu_seconds("self"),
+    )
 }

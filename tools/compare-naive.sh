@@ -38,6 +38,9 @@ cargo bench --bench ingest --no-run --quiet 2>/dev/null
 # The service's batch statement, as the service sends it, behind a function that pgbench can call.
 record="$(cargo bench --bench ingest --quiet -- statement 2>/dev/null)"
 [ -n "$record" ] || { echo "the batch statement could not be read from the ingest bench" >&2; exit 1; }
+# The settings of the service's connection for writes, which pgbench's clients take on.
+writer_settings="$(cargo bench --bench ingest --quiet -- statement-settings 2>/dev/null)"
+[ -n "$writer_settings" ] || { echo "the writer's settings could not be read from the ingest bench" >&2; exit 1; }
 fresh_alone_db() {
     PGOPTIONS="-c client_min_messages=warning" psql -q "$server/postgres" \
         -c "DROP DATABASE IF EXISTS $alone_db WITH (FORCE)" -c "CREATE DATABASE $alone_db"
@@ -69,7 +72,7 @@ tps() {
 batched() {
     local out
     fresh_alone_db
-    out="$(pgbench -n -c "$1" -j "$1" -T "$seconds" -D k=-1 -D batch="$batch" -D run=1 \
+    out="$(PGOPTIONS="$writer_settings" pgbench -n -c "$1" -j "$1" -T "$seconds" -D k=-1 -D batch="$batch" -D run=1 \
         -f tools/batch-delivery.sql "$alone_url" 2>&1)" || { echo "$out" >&2; return 1; }
     echo "$out" | tps | awk -v batch="$batch" '{ printf "%.0f", $1 * batch }'
 }
