@@ -69,9 +69,11 @@ SQL
 # autovacuum, it fell due during the next run (seen, with a database for each side: the service's
 # second round at 3,779 deliveries/s against 10,445 in its first, with 229 µs a delivery of the
 # machine's CPU in processes that ended before the run did; with the debt paid first, 7,296
-# against 9,588, and 51 µs).
+# against 9,588, and 51 µs). The checkpoint leaves the pages it wrote to the kernel, which
+# writes them back at leisure, so `sync` waits for that too.
 settle() {
     psql -q "$1" -c "VACUUM (ANALYZE)" -c "CHECKPOINT"
+    sync
 }
 naive_rates=()
 notify_rates=()
