@@ -2,7 +2,7 @@
 //! the first state recorded at once, `Prefer: wait` answered from the inbox's own deliveries,
 //! who may create, what reaches the platform and what comes back from it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prediction_inbox::ingest;
 use prediction_inbox::store::Source;
@@ -613,11 +613,14 @@ async fn two_replicas_create_on_one_and_wait_on_the_other() {
     let other = app.another_gateway_instance(&fake).await;
     let created = created(&app, json!({"steps": 2, "step_ms": 200})).await;
     let id = created["id"].as_str().unwrap();
+    // Each wait is woken by the other replica's commit, long before its deadline: a wait that
+    // ran to its deadline would also find the prediction finished, and prove nothing.
+    let started = Instant::now();
     let done: Value = app
         .client
         .get(format!("{}/v1/predictions/{id}", other.address))
         .bearer_auth(TOKEN)
-        .header("prefer", "wait=20")
+        .header("prefer", "wait=60")
         .send()
         .await
         .unwrap()
@@ -625,12 +628,14 @@ async fn two_replicas_create_on_one_and_wait_on_the_other() {
         .await
         .unwrap();
     assert_eq!(done["status"], "succeeded");
+    assert!(started.elapsed() < Duration::from_secs(30), "not woken");
     // And a create with `Prefer: wait` on the second, finished by webhooks the first receives.
+    let started = Instant::now();
     let created: Value = app
         .client
         .post(format!("{}/v1/predictions", other.address))
         .bearer_auth(CREATE_TOKEN)
-        .header("prefer", "wait=20")
+        .header("prefer", "wait=60")
         .json(&json!({"version": VERSION, "input": {"steps": 1}}))
         .send()
         .await
@@ -639,6 +644,7 @@ async fn two_replicas_create_on_one_and_wait_on_the_other() {
         .await
         .unwrap();
     assert_eq!(created["status"], "succeeded");
+    assert!(started.elapsed() < Duration::from_secs(30), "not woken");
 }
 
 #[tokio::test]
@@ -660,4 +666,44 @@ async fn file_uploads_pass_through_within_the_size_limit() {
     let large = upload(100_000).await.unwrap();
     assert_problem(large, StatusCode::PAYLOAD_TOO_LARGE).await;
     assert_eq!(fake.count("POST", "/v1/files"), 1);
+}
+
+/// An upload that does not say its length is counted as it streams: past the limit it is cut,
+/// the caller is told it was too large, and the platform keeps no file.
+#[tokio::test]
+async fn a_streamed_upload_past_the_size_limit_is_cut() {
+    let fake = FakeReplicate::start().await;
+    let app = spawn_gateway_app(Backend::Sqlite, &fake, &[("INBOX_MAX_BODY_BYTES", "65536")]).await;
+    let boundary = "inbox-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\ncontent-disposition: form-data; name=\"content\"; filename=\"input.bin\"\r\n\
+         content-type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend(vec![7u8; 100_000]);
+    body.extend(format!("\r\n--{boundary}--\r\n").into_bytes());
+    // In chunks, with no Content-Length: the service learns the size only as it arrives.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(8192).map(|chunk| Ok(chunk.to_vec())).collect();
+    let answer = app
+        .client
+        .post(format!("{}/v1/files", app.address))
+        .bearer_auth(CREATE_TOKEN)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(answer, StatusCode::PAYLOAD_TOO_LARGE).await;
+    let kept = fake
+        .seen()
+        .iter()
+        .filter(|s| s.method == "POST" && s.path == "/v1/files")
+        .count();
+    assert_eq!(kept, 0);
 }

@@ -3,6 +3,9 @@
 //! Python client reads it for `owner/name:version` references) and `POST /v1/files` (both clients
 //! upload file inputs there).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, header};
@@ -116,13 +119,17 @@ pub(super) async fn upload(
         return Err(ApiError::TooLarge);
     }
     let held = state.bodies.hold(UPLOAD_IN_FLIGHT)?;
-    // Counted as it streams: past the limit, the stream fails and the platform sees a cut body.
+    // Counted as it streams: past the limit, the stream fails and the platform sees a cut body;
+    // the caller is told why, not that the platform failed.
     let mut sent = 0;
+    let too_large = Arc::new(AtomicBool::new(false));
+    let cut = too_large.clone();
     let counted = body.into_data_stream().map(move |chunk| {
         let _held = &held;
         let chunk = chunk.map_err(std::io::Error::other)?;
         sent += chunk.len();
         if sent > limit {
+            cut.store(true, Ordering::Relaxed);
             return Err(std::io::Error::other(
                 "the upload is larger than the inbox takes",
             ));
@@ -144,8 +151,12 @@ pub(super) async fn upload(
             upstream,
             reqwest::Body::wrap_stream(counted),
         )
-        .await?;
-    Ok(streamed(answer))
+        .await;
+    match answer {
+        Ok(answer) => Ok(streamed(answer)),
+        Err(_) if too_large.load(Ordering::Relaxed) => Err(ApiError::TooLarge),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The platform's answer as it comes: its status, type, `Retry-After` and body, streamed.
