@@ -75,9 +75,7 @@ async fn main() {
         database.drop_it().await;
 
         let database = BenchDatabase::create("postgres").await;
-        let settings = archive_settings(&fake, &folder.join("ingest"));
-        let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let service = Service::start(&database.url, &settings);
+        let service = start_archiving(&database.url, &fake, &folder.join("ingest"));
         let more: Vec<String> = (0..files)
             .map(|i| fake.serve_file(&format!("b{i}.bin"), size))
             .collect();
@@ -136,12 +134,18 @@ fn curl(urls: &[String], folder: &Path) -> f64 {
     took
 }
 
-fn archive_settings(fake: &FakeReplicate, folder: &Path) -> Vec<(&'static str, String)> {
-    vec![
-        ("INBOX_ARCHIVE_URL", format!("file://{}", folder.display())),
-        ("INBOX_ARCHIVE_HOSTS", fake.files_url().to_owned()),
-        ("INBOX_ARCHIVE_MAX_FILE_BYTES", (4u64 << 30).to_string()),
-    ]
+/// The service over `database_url`, archiving the fake's files into `folder`.
+fn start_archiving(database_url: &str, fake: &FakeReplicate, folder: &Path) -> Service {
+    let url = format!("file://{}", folder.display());
+    let max = (4u64 << 30).to_string();
+    Service::start(
+        database_url,
+        &[
+            ("INBOX_ARCHIVE_URL", &url),
+            ("INBOX_ARCHIVE_HOSTS", fake.files_url()),
+            ("INBOX_ARCHIVE_MAX_FILE_BYTES", &max),
+        ],
+    )
 }
 
 /// The service archiving `urls`: seconds from the first delivery until every file is archived and
@@ -152,9 +156,7 @@ async fn archive(
     urls: &[String],
     folder: &Path,
 ) -> (f64, u64) {
-    let settings = archive_settings(fake, folder);
-    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let service = Service::start(database_url, &settings);
+    let service = start_archiving(database_url, fake, folder);
     service.reset_peak();
     let started = Instant::now();
     deliver(&service.address, urls, "a").await;
