@@ -8,9 +8,9 @@
 //! walks the `succeeded` deliveries received since the last sweep began, less the margin in
 //! which a late batch may still commit, up to that margin before now (the next sweep's start);
 //! the time it got through is kept in the database, so a restart looks back from there. A
-//! prediction whose files are recorded is not looked at again. Each file is leased while it is fetched, so replicas share
-//! the queue, and a replica that dies mid-download leaves a lease that runs out and a file that
-//! another fetches again from the start.
+//! prediction whose files are recorded is not looked at again. Each file is leased while it is
+//! fetched, so replicas share the queue, and a replica that dies mid-download leaves a lease that
+//! runs out and a file that another fetches again from the start.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -201,20 +201,16 @@ impl Archiver {
             None => started - FIRST_LOOK_BACK,
         };
         // Up to where the next sweep begins: each delivery is looked at again once.
-        let through = self
-            .walk(Place(since, String::new()), Some(started - self.margin))
+        let queued = self
+            .walk(Place(since, String::new()), started - self.margin)
             .await?;
         self.store.set_checkpoint(CHECKPOINT, started).await?;
-        Ok(through.1)
+        Ok(queued)
     }
 
-    /// Queues the files of the predictions that succeeded after `from` (and before `until`), a
-    /// page at a time, each page one transaction: where it got to, and how many files it queued.
-    async fn walk(
-        &self,
-        from: Place,
-        until: Option<OffsetDateTime>,
-    ) -> Result<(Place, u64), StoreError> {
+    /// Queues the files of the predictions that succeeded after `from` and before `until`, a
+    /// page at a time, each page one transaction: how many files it queued.
+    async fn walk(&self, from: Place, until: OffsetDateTime) -> Result<u64, StoreError> {
         let (mut place, mut queued) = (from, 0);
         loop {
             let page = self
@@ -222,7 +218,7 @@ impl Archiver {
                 .archive_candidates((place.0, &place.1), until, PAGE)
                 .await?;
             let Some(last) = page.last() else {
-                return Ok((place, queued));
+                return Ok(queued);
             };
             let full = page.len() == PAGE as usize;
             place = Place(last.received_at, last.webhook_id.clone());
@@ -236,7 +232,7 @@ impl Archiver {
             self.store.archive_enqueue(&found).await?;
             queued += found.iter().map(|f| f.files.len() as u64).sum::<u64>();
             if !full {
-                return Ok((place, queued));
+                return Ok(queued);
             }
         }
     }

@@ -12,12 +12,12 @@ use super::{StoreError, StoredPrediction};
 #[async_trait::async_trait]
 pub trait ArchiveQueue: Send + Sync {
     /// The next `succeeded` deliveries after `after` (arrival time, `webhook-id`) and received
-    /// before `until` if given, in that order, whose prediction is `succeeded` and has no file
+    /// before `until`, in that order, whose prediction is `succeeded` and has no file
     /// recorded yet, at most `limit`.
     async fn archive_candidates(
         &self,
         after: (OffsetDateTime, &str),
-        until: Option<OffsetDateTime>,
+        until: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Candidate>, StoreError>;
 
@@ -155,7 +155,7 @@ pub(super) const CANDIDATES: &str = "\
     SELECT d.received_at, d.webhook_id, p.id, p.status, p.created_at, BODY AS body \
     FROM deliveries AS d JOIN predictions AS p ON p.id = d.prediction_id \
     WHERE d.status = 'succeeded' AND d.received_at >= $1 \
-      AND (d.received_at, d.webhook_id) > ($1, $2) AND ($4 IS NULL OR d.received_at < $4) \
+      AND (d.received_at, d.webhook_id) > ($1, $2) AND d.received_at < $4 \
       AND p.status = 'succeeded' \
       AND NOT EXISTS (SELECT 1 FROM archive_files AS f WHERE f.prediction_id = p.id) \
     ORDER BY d.received_at, d.webhook_id LIMIT $3";

@@ -19,7 +19,7 @@ impl ArchiveQueue for Postgres {
     async fn archive_candidates(
         &self,
         after: (OffsetDateTime, &str),
-        until: Option<OffsetDateTime>,
+        until: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Candidate>, StoreError> {
         static CANDIDATES: LazyLock<String> =

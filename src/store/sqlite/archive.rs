@@ -17,7 +17,7 @@ impl ArchiveQueue for Sqlite {
     async fn archive_candidates(
         &self,
         after: (OffsetDateTime, &str),
-        until: Option<OffsetDateTime>,
+        until: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<Candidate>, StoreError> {
         let rows: Vec<(i64, String, String, Option<String>, i64, String)> =
@@ -25,7 +25,7 @@ impl ArchiveQueue for Sqlite {
                 .bind(unix_micros(after.0))
                 .bind(after.1)
                 .bind(i64::from(limit))
-                .bind(until.map(unix_micros))
+                .bind(unix_micros(until))
                 .fetch_all(&self.readers)
                 .await?;
         rows.into_iter()
