@@ -62,6 +62,14 @@ const MISSING_SPAN_HALF_AFTERS: u32 = 5;
 const PAGE: u32 = 100;
 const LEASE: &str = "reconciler";
 const LEASE_TTL: Duration = Duration::from_secs(60);
+/// How often the holder renews the lease while it reads, at most: a process that asked for it
+/// waits about this long, plus one read, for the holder to give it up.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// How long an ask for the lease lasts unless renewed: a command that dies while it waits stops
+/// holding up the replicas after this.
+const ASK_TTL: Duration = Duration::from_secs(10);
+/// How often a process that asked for the lease tries to take it.
+const ASK_EVERY: Duration = Duration::from_millis(200);
 /// The pause after a `429` or `5xx` without `Retry-After`, or an unreachable API: doubled while
 /// it lasts.
 const PAUSE_MIN: Duration = Duration::from_secs(1);
@@ -102,6 +110,8 @@ pub enum Stopped {
     Paused(Duration),
     #[error("another replica holds the reconciler's lease")]
     NotHolder,
+    #[error("another process holds the reconciler's lease and did not hand it over within {0:?}")]
+    NotHandedOver(Duration),
 }
 
 pub struct Reconciler {
@@ -110,6 +120,8 @@ pub struct Reconciler {
     writer: Writer,
     settings: Settings,
     holder: String,
+    /// When this process last took or renewed the lease; `None` while it does not hold it.
+    renewed: Mutex<Option<Instant>>,
     /// When the next read may start, for the rate.
     next_slot: Mutex<Instant>,
     /// The pause the next failure waits, doubled while failures go on.
@@ -130,6 +142,7 @@ impl Reconciler {
             writer,
             settings,
             holder,
+            renewed: Mutex::new(None),
             next_slot: Mutex::new(Instant::now()),
             pause: Mutex::new(PAUSE_MIN),
         }
@@ -200,7 +213,7 @@ impl Reconciler {
                     );
                     pause
                 }
-                Err(Stopped::NotHolder) => tick,
+                Err(Stopped::NotHolder | Stopped::NotHandedOver(_)) => tick,
                 Err(Stopped::Store(error)) => {
                     tracing::warn!(%error, "the reconciler's sweep failed; it runs again later");
                     tick
@@ -214,9 +227,7 @@ impl Reconciler {
     pub async fn sweep(&self) -> Result<Swept, Stopped> {
         let mut swept = Swept::default();
         loop {
-            if !self.store.lease(LEASE, &self.holder, LEASE_TTL).await? {
-                return Err(Stopped::NotHolder);
-            }
+            self.hold().await?;
             let now = OffsetDateTime::now_utc();
             let due = self
                 .store
@@ -242,9 +253,7 @@ impl Reconciler {
 
     /// `catch_up`, from `since` rather than the checkpoint (`prediction-inbox reconcile --since`).
     pub async fn catch_up_since(&self, since: Option<OffsetDateTime>) -> Result<Swept, Stopped> {
-        if !self.store.lease(LEASE, &self.holder, LEASE_TTL).await? {
-            return Err(Stopped::NotHolder);
-        }
+        self.hold().await?;
         let started = OffsetDateTime::now_utc();
         let since = match since {
             Some(since) => since,
@@ -262,7 +271,7 @@ impl Reconciler {
         let mut candidates: Vec<(String, Option<String>)> = Vec::new();
         let mut next = Some(url);
         while let Some(page) = next.take() {
-            self.pace().await;
+            self.turn().await?;
             let answer = match self.platform.get_url(Operation::List, page).await {
                 Ok(answer) => answer,
                 Err(_) => return Err(Stopped::Paused(self.pause_after(None).await)),
@@ -466,7 +475,7 @@ impl Reconciler {
     /// answer, unless the platform asked to slow down, failed or could not be reached, which
     /// pauses the reconciler.
     async fn read(&self, kind: Segment<'static>, id: Segment<'_>) -> Result<Answer, Stopped> {
-        self.pace().await;
+        self.turn().await?;
         let answer = self
             .platform
             .call(
@@ -488,16 +497,72 @@ impl Reconciler {
         Ok(answer)
     }
 
-    /// Waits for the next slot of the rate.
-    async fn pace(&self) {
-        let gap = Duration::from_secs(1) / self.settings.rps.max(1);
+    /// For a command run beside serving replicas: takes the lease, asking its holder to hand
+    /// it over, and waits until it has — or, for a holder that no longer renews, until its lease
+    /// has run out.
+    pub async fn take_over(&self) -> Result<(), Stopped> {
+        let waited = Instant::now();
+        let patience = LEASE_TTL + ASK_TTL;
+        loop {
+            match self.hold().await {
+                Err(Stopped::NotHolder) => {}
+                held => return held,
+            }
+            if waited.elapsed() >= patience {
+                self.give_back().await?;
+                return Err(Stopped::NotHandedOver(patience));
+            }
+            self.store
+                .ask_for_lease(LEASE, &self.holder, ASK_TTL)
+                .await?;
+            tokio::time::sleep(ASK_EVERY).await;
+        }
+    }
+
+    /// Gives up the lease, or the ask for it: the replicas' reconcilers take it at their next
+    /// turn.
+    pub async fn give_back(&self) -> Result<(), StoreError> {
+        *self.renewed.lock().await = None;
+        self.store.release_lease(LEASE, &self.holder).await
+    }
+
+    /// Makes sure this process holds the lease, renewing it at most every `RENEW_EVERY`; a
+    /// holder another process has asked gives it up here. Taking it afresh, it waits a gap of
+    /// the rate before its first read, so the rate holds across the hand-over.
+    async fn hold(&self) -> Result<(), Stopped> {
+        let mut renewed = self.renewed.lock().await;
+        if renewed.is_some_and(|at| at.elapsed() < RENEW_EVERY) {
+            return Ok(());
+        }
+        if !self.store.lease(LEASE, &self.holder, LEASE_TTL).await? {
+            *renewed = None;
+            return Err(Stopped::NotHolder);
+        }
+        if renewed.is_none() {
+            let mut next = self.next_slot.lock().await;
+            *next = (*next).max(Instant::now() + self.gap());
+        }
+        *renewed = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Waits for this process's next read: while it holds the lease, in the next slot of the
+    /// rate.
+    async fn turn(&self) -> Result<(), Stopped> {
+        self.hold().await?;
         let slot = {
             let mut next = self.next_slot.lock().await;
             let slot = (*next).max(Instant::now());
-            *next = slot + gap;
+            *next = slot + self.gap();
             slot
         };
         tokio::time::sleep_until(slot).await;
+        Ok(())
+    }
+
+    /// The least time between two reads.
+    fn gap(&self) -> Duration {
+        Duration::from_secs(1) / self.settings.rps.max(1)
     }
 
     /// How long to pause after a failure: the platform's `Retry-After` in seconds, or the current

@@ -315,7 +315,8 @@ pub async fn prune(
 
 /// `prediction-inbox reconcile`: migrates, then reads from the platform every unfinished
 /// prediction that is due (or the one named `id`, whatever its schedule), under the reconciler's
-/// lease and rate, and records what advances. What it did, or why it could not.
+/// lease (handed over by a serving replica that holds it) and rate, and records what advances.
+/// What it did, or why it could not.
 pub async fn reconcile(
     settings: Settings,
     what: ReconcileWhat,
@@ -332,11 +333,18 @@ pub async fn reconcile(
     let stop = CancellationToken::new();
     let writing = tokio::spawn(batch_writer.run(stop.clone()));
     let reconciler = Reconciler::new(store.clone(), platform, writer, reconciling, worker_id());
-    let swept = match what {
-        ReconcileWhat::One(id) => reconciler.one(&id).await,
-        ReconcileWhat::Since(since) => reconciler.catch_up_since(Some(since)).await,
-        ReconcileWhat::Due => reconciler.sweep().await,
+    // Serving replicas hand their lease over for the command's run and take it back after.
+    let swept = match reconciler.take_over().await {
+        Ok(()) => match what {
+            ReconcileWhat::One(id) => reconciler.one(&id).await,
+            ReconcileWhat::Since(since) => reconciler.catch_up_since(Some(since)).await,
+            ReconcileWhat::Due => reconciler.sweep().await,
+        },
+        Err(stopped) => Err(stopped),
     };
+    if let Err(error) = reconciler.give_back().await {
+        tracing::warn!(%error, "the reconciler's lease could not be given back; it runs out within a minute");
+    }
     stop.cancel();
     let _ = writing.await;
     store.close().await;

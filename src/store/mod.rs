@@ -106,10 +106,24 @@ pub trait Store: ArchiveQueue + Send + Sync + 'static {
     ) -> Result<Vec<(String, String)>, StoreError>;
 
     /// Takes or renews the lease named `name` for `holder` until `ttl` from now, unless another
-    /// holder's lease on it is still running: whether `holder` holds it. One replica at a time does
-    /// a background worker's job this way; a holder that stops renewing loses the lease when it
-    /// runs out. (On the embedded store, one process: always.)
+    /// holder's lease on it is still running or another has asked for it: whether `holder` holds
+    /// it. One process at a time does a background worker's job this way; a holder that stops
+    /// renewing loses the lease when it runs out, and one that another has asked gives it up
+    /// here, at its renewal.
     async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Asks for the lease `name` on behalf of `holder` for `ttl` from now (unless another's ask
+    /// is still running): its holder gives it up at its next renewal, and nobody but `holder`
+    /// takes it while the ask runs. `prediction-inbox reconcile` asks the serving replicas so.
+    async fn ask_for_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Gives up the lease `name` and the ask for it, whichever `holder` has.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
     /// One slice of retention's work, one short transaction: removes deliveries recorded before
     /// `cutoffs.deliveries`, or else drops the bodies of those recorded before `cutoffs.bodies`
@@ -547,6 +561,51 @@ const DUE_FOR_RECONCILE: &str = "\
     WHERE p.progress_rank < $4 AND p.updated_at < $1 \
       AND (r.prediction_id IS NULL OR (r.marked IS NULL AND r.next_at <= $2)) \
     ORDER BY coalesce(r.next_at, p.updated_at) LIMIT $3";
+
+/// The leases' statements on either backend, from one text: `LEASES` names the table, `NOW` the
+/// time now and `UNTIL` the end of the lease or ask being taken (Postgres reads its own clock,
+/// the embedded store is told). `$1` is the lease's name, `$2` who takes, asks or gives it up.
+///
+/// Takes or renews the lease for `$2`, unless another's is still running or another has asked
+/// for it; a holder another has asked gives it up instead. Answers the holder after the change,
+/// if anything changed.
+const LEASE: &str = "
+INSERT INTO LEASES AS w (name, holder, held_until) VALUES ($1, $2, UNTIL)
+ON CONFLICT (name) DO UPDATE SET
+    holder = CASE WHEN w.wanted_by <> $2 AND w.wanted_until > NOW THEN NULL ELSE $2 END,
+    held_until = CASE WHEN w.wanted_by <> $2 AND w.wanted_until > NOW THEN NULL
+                      ELSE excluded.held_until END,
+    wanted_by = CASE WHEN w.wanted_by = $2 THEN NULL ELSE w.wanted_by END,
+    wanted_until = CASE WHEN w.wanted_by = $2 THEN NULL ELSE w.wanted_until END
+WHERE w.holder = $2
+   OR ((w.holder IS NULL OR w.held_until < NOW)
+       AND NOT coalesce(w.wanted_by <> $2 AND w.wanted_until > NOW, false))
+RETURNING holder";
+
+/// `$2` asks for the lease, unless another's ask is still running.
+const ASK_FOR_LEASE: &str = "
+INSERT INTO LEASES AS w (name, wanted_by, wanted_until) VALUES ($1, $2, UNTIL)
+ON CONFLICT (name) DO UPDATE
+SET wanted_by = excluded.wanted_by, wanted_until = excluded.wanted_until
+WHERE w.wanted_by IS NULL OR w.wanted_by = $2 OR w.wanted_until < NOW";
+
+/// `$2` gives up the lease and its ask for it, whichever it has.
+const RELEASE_LEASE: &str = "
+UPDATE LEASES SET
+    holder = CASE WHEN holder = $2 THEN NULL ELSE holder END,
+    held_until = CASE WHEN holder = $2 THEN NULL ELSE held_until END,
+    wanted_by = CASE WHEN wanted_by = $2 THEN NULL ELSE wanted_by END,
+    wanted_until = CASE WHEN wanted_by = $2 THEN NULL ELSE wanted_until END
+WHERE name = $1";
+
+/// The three lease statements for a backend's table and clock.
+fn lease_statements(table: &str, now: &str, until: &str) -> [String; 3] {
+    [LEASE, ASK_FOR_LEASE, RELEASE_LEASE].map(|sql| {
+        sql.replace("LEASES", table)
+            .replace("UNTIL", until)
+            .replace("NOW", now)
+    })
+}
 
 /// A checkpoint, and setting one, on either backend.
 const CHECKPOINT: &str = "SELECT through_at FROM checkpoints WHERE name = $1";

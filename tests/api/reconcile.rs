@@ -20,6 +20,7 @@ on_each_backend!(
     trainings_are_read_at_their_own_route_and_other_hosts_never,
     after_an_outage_the_catch_up_imports_what_every_webhook_missed,
     a_moment_of_404_is_not_a_verdict,
+    the_command_beside_serving_replicas_reads_each_prediction_once,
 );
 
 const QUICK: [(&str, &str); 2] = [
@@ -332,16 +333,63 @@ async fn the_catch_up_waits_as_long_as_the_platform_asks() {
     assert!(lists[1].at - lists[0].at >= Duration::from_secs(2));
 }
 
-#[tokio::test]
-async fn two_replicas_read_each_prediction_once() {
+/// `prediction-inbox reconcile` run while serving replicas reconcile (two on Postgres, one beside
+/// the embedded file): the replica holding the lease hands it over for the command's run and
+/// takes it back after, so each prediction is read by one of them only, at the rate in all.
+async fn the_command_beside_serving_replicas_reads_each_prediction_once(backend: Backend) {
     let fake = FakeReplicate::start().await;
     fake.drop_webhooks_where(|_, event| event == "completed");
-    let app = spawn_gateway_app(Backend::Postgres, &fake, &QUICK).await;
-    let _other = support::start_gateway(&app.store.url(), &fake, &QUICK).await;
-    let mut ids = Vec::new();
-    for _ in 0..40 {
-        ids.push(create(&app, json!({"steps": 1})).await);
-    }
+    // No catch-up: its reads at start would not wait for the predictions to be due.
+    let rate = [
+        ("INBOX_RECONCILE_AFTER", "1s"),
+        ("INBOX_RECONCILE_RPS", "10"),
+        ("INBOX_RECONCILE_CATCHUP_EVERY", "0"),
+    ];
+    let app = spawn_gateway_app(backend, &fake, &rate).await;
+    let _other = match backend {
+        Backend::Postgres => Some(support::start_gateway(&app.store.url(), &fake, &rate).await),
+        Backend::Sqlite => None,
+    };
+    let ids: Vec<String> = futures_util::stream::iter(0..40)
+        .map(|_| create(&app, json!({"steps": 1})))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    // Due together, forty take the replicas four seconds at this rate: the command asks for the
+    // lease while they read.
+    let reading = || {
+        fake.seen()
+            .iter()
+            .any(|s| s.method == "GET" && s.path.starts_with("/v1/predictions/"))
+    };
+    eventually("the replicas read the platform", || async { reading() }).await;
+    let url = app.store.url();
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("INBOX_WEBHOOK_SECRETS", support::SECRET),
+        ("INBOX_API_TOKENS", TOKEN),
+        (
+            "REPLICATE_API_TOKEN",
+            support::fake_replicate::ACCOUNT_TOKEN,
+        ),
+        ("INBOX_REPLICATE_API_URL", fake.url()),
+        ("INBOX_WEBHOOK_URL", "http://127.0.0.1:1/webhooks/replicate"),
+        rate[0],
+        rate[1],
+        rate[2],
+    ];
+    let mut command = support::service::command(&env);
+    command.arg("reconcile");
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let advanced: u64 = stdout
+        .rsplit_once("advanced ")
+        .and_then(|(_, rest)| rest.split(';').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(advanced > 0, "the command read nothing: {stdout}");
     all_finish(&app, &ids).await;
     let mut reads: HashMap<String, usize> = HashMap::new();
     for seen in fake.seen() {
@@ -356,6 +404,12 @@ async fn two_replicas_read_each_prediction_once() {
             "{id}"
         );
     }
+    // As in `lost_terminal_webhooks_are_repaired_within_the_rate`: scheduling jitter aside.
+    let most = fake.most_in_a_second("GET", "/v1/predictions/");
+    assert!(
+        most <= 12,
+        "the platform was read faster than INBOX_RECONCILE_RPS: {most} in a second"
+    );
 }
 
 /// Predictions created and finished while the inbox was down, their retries run out: the

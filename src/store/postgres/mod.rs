@@ -322,16 +322,44 @@ impl Store for Postgres {
     }
 
     async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let held: Option<String> = self
+        let held: Option<Option<String>> = self
             .live(|| {
-                sqlx::query_scalar(LEASE)
+                sqlx::query_scalar(&LEASES[0])
                     .bind(name)
                     .bind(holder)
                     .bind(ttl)
                     .fetch_optional(&self.pool)
             })
             .await?;
-        Ok(held.is_some())
+        Ok(held.flatten().as_deref() == Some(holder))
+    }
+
+    async fn ask_for_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.live(|| {
+            sqlx::query(&LEASES[1])
+                .bind(name)
+                .bind(holder)
+                .bind(ttl)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        self.live(|| {
+            sqlx::query(&LEASES[2])
+                .bind(name)
+                .bind(holder)
+                .execute(&self.pool)
+        })
+        .await?;
+        Ok(())
     }
 
     async fn prune_walk(
@@ -992,13 +1020,10 @@ const PRUNABLE: &str = concat!(
     ")"
 );
 
-/// Takes the lease $1 for $2 until $3 from now, unless another holder's is still running;
-/// answers a row if $2 holds it.
-const LEASE: &str = "
-INSERT INTO background_work AS w (name, holder, held_until) VALUES ($1, $2, now() + $3)
-ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, held_until = excluded.held_until
-WHERE w.holder IS NULL OR w.holder = excluded.holder OR w.held_until < now()
-RETURNING holder";
+/// The leases' statements (`store::lease_statements`): in `background_work`, by the database's
+/// clock, `$3` the lease's or ask's length.
+static LEASES: LazyLock<[String; 3]> =
+    LazyLock::new(|| store::lease_statements("background_work", "now()", "now() + $3"));
 
 /// A page of prediction $1's deliveries after ($2, $3), at most $4.
 const HISTORY: &str = concat!(

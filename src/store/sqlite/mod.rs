@@ -6,6 +6,7 @@
 mod archive;
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::SqliteConnection;
@@ -258,8 +259,42 @@ impl Store for Sqlite {
         .await?)
     }
 
-    async fn lease(&self, _name: &str, _holder: &str, _ttl: Duration) -> Result<bool, StoreError> {
-        Ok(true)
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let held: Option<Option<String>> = sqlx::query_scalar(&LEASES[0])
+            .bind(name)
+            .bind(holder)
+            .bind(unix_micros(now + ttl))
+            .bind(unix_micros(now))
+            .fetch_optional(&self.writer)
+            .await?;
+        Ok(held.flatten().as_deref() == Some(holder))
+    }
+
+    async fn ask_for_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc();
+        sqlx::query(&LEASES[1])
+            .bind(name)
+            .bind(holder)
+            .bind(unix_micros(now + ttl))
+            .bind(unix_micros(now))
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(&LEASES[2])
+            .bind(name)
+            .bind(holder)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
     async fn prune_walk(
@@ -380,6 +415,11 @@ impl Store for Sqlite {
         self.readers.close().await;
     }
 }
+
+/// The leases' statements (`store::lease_statements`): in `leases`, `$3` the end of the lease
+/// or ask and `$4` the time now, in Unix microseconds.
+static LEASES: LazyLock<[String; 3]> =
+    LazyLock::new(|| store::lease_statements("leases", "$4", "$3"));
 
 /// Records the delivery unless its `webhook-id` was recorded before, then advances its
 /// prediction's state if its progress is greater.
