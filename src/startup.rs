@@ -156,7 +156,7 @@ impl Application {
                     .map_err(|e| StartupError::Archive(e.to_string()))?,
                 );
                 supervisor.spawn("archiver", Role::Auxiliary, move |stop| {
-                    until_stopped(stop, archiver.clone().run())
+                    archiver.clone().run(stop)
                 });
                 tracing::info!(
                     archive = archive.describe(),

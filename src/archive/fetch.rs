@@ -25,6 +25,8 @@ use object_store::{ObjectStore, PutPayload, WriteMultipart};
 use reqwest::Url;
 use reqwest::dns::{Name, Resolve, Resolving};
 use reqwest::redirect::{Attempt, Policy};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// The hosts files are fetched from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,6 +316,9 @@ pub enum FetchError {
         reason: &'static str,
         detail: String,
     },
+    /// The service is stopping, or another replica has the file: what was uploaded is removed.
+    #[error("the download was stopped")]
+    Stopped,
 }
 
 impl FetchError {
@@ -321,6 +326,7 @@ impl FetchError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Refused(reason) | Self::Failed { reason, .. } => reason,
+            Self::Stopped => "stopped",
         }
     }
 
@@ -355,13 +361,14 @@ impl FetchError {
 }
 
 /// Downloads `url` into `path` of `store`, streamed: never more than about two parts in memory.
+/// Once `stop` is cancelled it ends, removing what it had uploaded of the file.
 pub async fn fetch(
     client: &reqwest::Client,
     hosts: &Hosts,
     url: &str,
-    store: &dyn ObjectStore,
-    path: &ObjectPath,
+    (store, path): (&dyn ObjectStore, &ObjectPath),
     max_bytes: u64,
+    stop: &CancellationToken,
 ) -> Result<Fetched, FetchError> {
     let parsed = Url::parse(url).map_err(|_| FetchError::Refused("not_a_url"))?;
     if hosts.allows(&parsed).is_none() {
@@ -392,8 +399,12 @@ pub async fn fetch(
     let mut size = 0u64;
     let mut first = Vec::new();
     let mut upload: Option<WriteMultipart> = None;
-    let outcome = async {
-        while let Some(chunk) = response.chunk().await.map_err(FetchError::from_http)? {
+    let copying = async {
+        let mut window = Window::new();
+        loop {
+            let Some(chunk) = window.next(&mut response).await? else {
+                break;
+            };
             size += chunk.len() as u64;
             if size > max_bytes {
                 return Err(FetchError::Refused("too_large"));
@@ -421,8 +432,11 @@ pub async fn fetch(
             }
         }
         Ok(())
-    }
-    .await;
+    };
+    let outcome = tokio::select! {
+        outcome = copying => outcome,
+        () = stop.cancelled() => Err(FetchError::Stopped),
+    };
     match (outcome, upload) {
         (Ok(()), None) => {
             store
@@ -440,6 +454,56 @@ pub async fn fetch(
         (Err(error), None) => return Err(error),
     }
     Ok(Fetched { size, content_type })
+}
+
+/// The least a download must bring in each `RATE_WINDOW`, or it is cut (`too_slow`, and tried
+/// again later): a host that trickles a byte at a time, each within `READ_TIMEOUT`, would
+/// otherwise hold one of the few fetches for ever. About 35 KiB/s.
+const RATE_WINDOW: Duration = Duration::from_secs(30);
+const RATE_WINDOW_BYTES: u64 = 1024 * 1024;
+
+/// Counts what a download brings in each window of `RATE_WINDOW`.
+struct Window {
+    ends: Instant,
+    bytes: u64,
+}
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            ends: Instant::now() + RATE_WINDOW,
+            bytes: 0,
+        }
+    }
+
+    /// The response's next chunk (`None` at its end), unless the window ends first having
+    /// brought too little.
+    async fn next(
+        &mut self,
+        response: &mut reqwest::Response,
+    ) -> Result<Option<Bytes>, FetchError> {
+        loop {
+            let next = tokio::time::timeout_at(self.ends, response.chunk()).await;
+            if Instant::now() >= self.ends {
+                if self.bytes < RATE_WINDOW_BYTES {
+                    return Err(FetchError::Failed {
+                        reason: "too_slow",
+                        detail: format!(
+                            "the host sent {} bytes in {RATE_WINDOW:?}, less than {RATE_WINDOW_BYTES}",
+                            self.bytes
+                        ),
+                    });
+                }
+                *self = Self::new();
+            }
+            // Timed out at the window's end, which brought enough: the same chunk, waited for
+            // in the next window (`chunk` takes nothing until it has it).
+            let Ok(next) = next else { continue };
+            let chunk = next.map_err(FetchError::from_http)?;
+            self.bytes += chunk.as_ref().map_or(0, |c| c.len() as u64);
+            return Ok(chunk);
+        }
+    }
 }
 
 /// The type the host says, unless it says nothing useful; then the one the name's extension

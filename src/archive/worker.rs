@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::ArchiveError;
 use super::background::Background;
@@ -56,6 +57,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 const USAGE_EVERY: Duration = Duration::from_secs(15);
 /// How often copies past `INBOX_ARCHIVE_RETENTION` are deleted, at most.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+/// How long downloads in flight have to remove what they uploaded once the archiver stops, or
+/// once another replica has their file: within the supervisor's 5 s for a worker to end.
+const STOP_GRACE: Duration = Duration::from_secs(4);
 /// Where the sweeps keep the time they have got through.
 const CHECKPOINT: &str = "archive";
 
@@ -77,6 +81,8 @@ pub struct Archiver {
     finished: tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
     /// Where the downloads run, below the service's priority.
     background: Background,
+    /// Cancelled when the archiver stops: its downloads end.
+    stopping: CancellationToken,
 }
 
 impl Archiver {
@@ -90,6 +96,7 @@ impl Archiver {
     ) -> Result<Self, ArchiveError> {
         Ok(Self {
             background: Background::start().map_err(ArchiveError::Threads)?,
+            stopping: CancellationToken::new(),
             client: fetch::client(&archive.settings.hosts).map_err(ArchiveError::Client)?,
             store,
             archive,
@@ -100,10 +107,23 @@ impl Archiver {
         })
     }
 
-    /// Looks for files, sweeps, fetches and expires for as long as it is polled; the fetches in
-    /// flight stop with it, and their leases run out.
-    pub async fn run(self: Arc<Self>) {
+    /// Looks for files, sweeps, fetches and expires until `stop`; then the fetches in flight
+    /// stop, removing what they had uploaded (a store would keep a multipart upload's parts,
+    /// unseen and paid for), and their files' leases run out.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut fetches = JoinSet::new();
+        tokio::select! {
+            () = self.clone().work(&mut fetches) => {}
+            () = stop.cancelled() => {}
+        }
+        self.stopping.cancel();
+        let drained = async { while fetches.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_GRACE, drained).await.is_err() {
+            tracing::warn!("downloads did not stop in time; a store may keep parts of their files");
+        }
+    }
+
+    async fn work(self: Arc<Self>, fetches: &mut JoinSet<()>) {
         let (mut counted, mut expired, mut swept) =
             (None::<Instant>, None::<Instant>, None::<Instant>);
         // Whether the queue may hold files this replica could take: not asked again until
@@ -296,27 +316,34 @@ impl Archiver {
                     settings.max_file_bytes,
                 );
                 let path = ObjectPath::from(job.key.as_str());
+                let cancel = self.stopping.child_token();
+                let stop = cancel.clone();
                 let fetching = self.background.run(async move {
-                    fetch::fetch(&client, &hosts, &url, store.as_ref(), &path, max_bytes).await
+                    let place = (store.as_ref(), &path);
+                    fetch::fetch(&client, &hosts, &url, place, max_bytes, &stop).await
                 });
-                let fetching = async {
+                let mut fetching = std::pin::pin!(async {
                     fetching.await.unwrap_or_else(|| {
                         Err(FetchError::Failed {
                             reason: "store_failed",
                             detail: "the download's task ended before it did".into(),
                         })
                     })
-                };
+                });
                 tokio::select! {
-                    outcome = fetching => outcome,
+                    outcome = &mut fetching => outcome,
                     () = self.keep_lease(&job.key) => {
                         tracing::warn!(key = job.key, "lost the lease on a file while fetching it; another replica has it");
+                        cancel.cancel();
+                        let _ = tokio::time::timeout(STOP_GRACE, fetching).await;
                         return;
                     }
                 }
             }
         };
         let (finish, label) = match outcome {
+            // The service stops: the file's lease runs out, and it is fetched again.
+            Err(FetchError::Stopped) => return,
             Ok(fetched) => {
                 let size = i64::try_from(fetched.size).unwrap_or(i64::MAX);
                 self.used_bytes.fetch_add(size, Ordering::Relaxed);

@@ -306,6 +306,94 @@ async fn an_expired_file_is_reported_and_not_retried(backend: Backend) {
 
 support::on_each_backend!(nothing_is_fetched_from_where_the_list_does_not_allow);
 
+/// A prediction the feed of finished ids never told the archiver of (here: recorded by a
+/// replica of its own over the embedded file, which the others do not hear), whose batch
+/// committed only after the sweep that covered its arrival began: the next sweep, which looks
+/// back over the margin, finds it.
+#[tokio::test]
+async fn a_sweep_finds_what_committed_after_the_last_one_began() {
+    let fake = FakeReplicate::start().await;
+    let folder = target_tmp().join(format!("archive-{:016x}", fastrand::u64(..)));
+    let archive_url = format!("file://{}", folder.display());
+    // The margin is the request timeout and 30 s more.
+    let settings = [
+        ("INBOX_ARCHIVE_URL", archive_url.as_str()),
+        ("INBOX_REQUEST_TIMEOUT_SECS", "30"),
+    ];
+    let app = spawn(Backend::Sqlite, Place::Folder, &fake, &settings).await;
+    let checkpoint = "SELECT CAST(through_at AS TEXT) FROM checkpoints WHERE name = 'archive'";
+    support::eventually("the first sweep", || async {
+        app.store.text(checkpoint).await.is_some()
+    })
+    .await;
+    let swept: i64 = app.store.text(checkpoint).await.unwrap().parse().unwrap();
+    let silent = app
+        .another_instance_with(&[("INBOX_ARCHIVE_URL", "off")])
+        .await;
+    let url = fake.serve_file("late.txt", 1_000);
+    let answer = app
+        .send_to(
+            &silent.address,
+            &Delivery::new(succeeded("p-late", json!([url]))),
+        )
+        .await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    // Received just after the margin before that sweep began, committed after it.
+    let received = swept - 60_000_000 + 100_000;
+    app.execute(&format!(
+        "UPDATE deliveries SET received_at = {received} WHERE prediction_id = 'p-late'"
+    ))
+    .await;
+    support::eventually("the next sweep may reach it", || async {
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000 > i128::from(swept) + 100_000
+    })
+    .await;
+    let _restarted = app
+        .another_instance_with(&[
+            settings[0],
+            settings[1],
+            ("INBOX_ARCHIVE_HOSTS", fake.files_url()),
+            ("INBOX_ARCHIVE_SIGNING_KEY", LINK_KEY),
+        ])
+        .await;
+    let read = settled(&app, "p-late", 1).await;
+    assert_eq!(
+        read["inbox_archive"]["files"][0]["state"], "archived",
+        "{read}"
+    );
+}
+
+/// A host that trickles a file, each byte well within the read timeout, is cut once a window of
+/// 30 s brings less than the least rate, and the file is tried again later: it does not hold one
+/// of the few fetches for ever.
+#[tokio::test]
+async fn a_host_that_trickles_is_cut_and_tried_again() {
+    let fake = FakeReplicate::start().await;
+    let app = spawn(Backend::Sqlite, Place::Folder, &fake, &[]).await;
+    // Four minutes of it at this rate.
+    let url = fake.serve_file("trickle.bin", 4 * 1024 * 1024);
+    fake.trickle_file("trickle.bin", 16 * 1024);
+    app.deliver(&Delivery::new(succeeded("p-trickle", json!([url]))))
+        .await;
+    // Readers get the platform's URL while the file is queued: its record says why it waits.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let reason = app
+            .store
+            .text("SELECT reason FROM archive_files WHERE prediction_id = 'p-trickle'")
+            .await;
+        if reason.as_deref() == Some("too_slow") && fake.file_requests("trickle.bin") >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the trickle was never cut and tried again: {reason:?}, {} requests",
+            fake.file_requests("trickle.bin")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// With the default list, no URL of an output reaches a listener of this machine, by any route:
 /// plain addresses, names that resolve to loopback, IPv6 forms, userinfo, other ports and
 /// schemes; a redirect from an allowed origin to one; a listed name that resolves to loopback.

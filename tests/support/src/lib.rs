@@ -677,8 +677,19 @@ impl TestApp {
         timestamp: i64,
         signed: &[u8],
     ) -> reqwest::RequestBuilder {
+        self.signed_request_to(&self.address, webhook_id, timestamp, signed)
+    }
+
+    /// As `signed_request`, to the replica at `address`.
+    pub fn signed_request_to(
+        &self,
+        address: &str,
+        webhook_id: &str,
+        timestamp: i64,
+        signed: &[u8],
+    ) -> reqwest::RequestBuilder {
         self.client
-            .post(format!("{}/webhooks/replicate", self.address))
+            .post(format!("{address}/webhooks/replicate"))
             .header("webhook-id", webhook_id)
             .header("webhook-timestamp", timestamp.to_string())
             .header(
@@ -688,7 +699,13 @@ impl TestApp {
     }
 
     pub async fn send(&self, delivery: &Delivery) -> Response {
-        self.signed_request(
+        self.send_to(&self.address, delivery).await
+    }
+
+    /// As `send`, to the replica at `address`.
+    pub async fn send_to(&self, address: &str, delivery: &Delivery) -> Response {
+        self.signed_request_to(
+            address,
             &delivery.webhook_id,
             delivery.timestamp,
             delivery.body.as_bytes(),

@@ -114,4 +114,23 @@ impl S3 {
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
+
+    /// How many multipart uploads are begun and neither completed nor aborted under the folder
+    /// that `settings` (from `bucket`) archive into: their parts stay in the store, unseen.
+    pub async fn uploads_in_progress(&self, settings: &[(String, String)]) -> usize {
+        let folder = settings
+            .iter()
+            .find(|(key, _)| key == "INBOX_ARCHIVE_URL")
+            .and_then(|(_, url)| url.rsplit('/').next())
+            .expect("the settings of `bucket`");
+        let listing = reqwest::Client::new()
+            .get(format!("{}/{BUCKET}", self.endpoint))
+            .query(&[("uploads", ""), ("prefix", &format!("{folder}/"))])
+            .send()
+            .await
+            .expect("list the multipart uploads");
+        assert!(listing.status().is_success(), "{listing:?}");
+        let text = listing.text().await.expect("the listing");
+        text.matches("<UploadId>").count()
+    }
 }
