@@ -23,6 +23,12 @@ pub const POSTGRES_BATCH_STATEMENT: &str = postgres::RECORD;
 /// The settings of the Postgres connection that runs it.
 pub const POSTGRES_WRITER_SETTINGS: [(&str, &str); 3] = postgres::WRITER_SETTINGS;
 
+/// The statement by which the archiver, each second, finds which of the predictions it heard
+/// finish have files to queue, on Postgres: for a test of its plan.
+pub fn postgres_archive_lookup() -> &'static str {
+    &postgres::archive::CANDIDATES_AMONG
+}
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;

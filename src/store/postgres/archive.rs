@@ -14,6 +14,13 @@ use crate::store::{StoreError, StoredPrediction};
 /// The latest state's body, through the delivery it stands on.
 const BODY: &str = "(SELECT d.body FROM deliveries AS d WHERE d.webhook_id = p.latest_delivery)";
 
+/// Which of a list of predictions (`$1`) succeeded and have no file queued yet.
+pub(in crate::store) static CANDIDATES_AMONG: LazyLock<String> = LazyLock::new(|| {
+    sql::CANDIDATES_AMONG
+        .replace("AMONG", "= ANY($1)")
+        .replace("BODY", BODY)
+});
+
 #[async_trait::async_trait]
 impl ArchiveQueue for Postgres {
     async fn archive_candidates(
@@ -65,13 +72,15 @@ impl ArchiveQueue for Postgres {
         &self,
         ids: &[String],
     ) -> Result<Vec<StoredPrediction>, StoreError> {
-        static AMONG: LazyLock<String> = LazyLock::new(|| {
-            sql::CANDIDATES_AMONG
-                .replace("AMONG", "= ANY($1)")
-                .replace("BODY", BODY)
-        });
         Ok(self
-            .live(|| sqlx::query_as(&AMONG).bind(ids).fetch_all(&self.pool))
+            .live(|| {
+                sqlx::query_as(&CANDIDATES_AMONG)
+                    // Planned for its own list each time (once a second): a plan kept from when
+                    // `archive_files` was empty reads it whole until autovacuum analyses it.
+                    .persistent(false)
+                    .bind(ids)
+                    .fetch_all(&self.pool)
+            })
             .await?)
     }
 

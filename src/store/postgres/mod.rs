@@ -1,7 +1,7 @@
 //! Postgres: the production store, shared by any number of replicas. Changes are announced with
 //! `NOTIFY` inside the transaction that makes them, so every process hears each commit.
 
-mod archive;
+pub(super) mod archive;
 mod listen;
 pub(super) mod plan;
 
