@@ -133,7 +133,16 @@ impl Application {
                         worker_id(),
                     ));
                     supervisor.spawn("reconciler", Role::Auxiliary, move |stop| {
-                        until_stopped(stop, reconciler.clone().run())
+                        let reconciler = reconciler.clone();
+                        async move {
+                            until_stopped(stop, reconciler.clone().run()).await;
+                            // The next replica (in a rolling deploy, the one replacing this)
+                            // takes the lease at once rather than when it runs out.
+                            let given = tokio::time::timeout(GIVE_BACK, reconciler.give_back());
+                            if !matches!(given.await, Ok(Ok(()))) {
+                                tracing::warn!("the reconciler's lease could not be given back; it runs out within a minute");
+                            }
+                        }
                     });
                 }
                 Some(Gateway::new(platform, settings.allowed_models.clone()))
@@ -243,6 +252,10 @@ async fn until_stopped(stop: CancellationToken, work: impl Future<Output = ()>) 
         () = stop.cancelled() => {}
     }
 }
+
+/// How long a stopping replica tries to give back the reconciler's lease: within the
+/// supervisor's 5 s for a worker to end.
+const GIVE_BACK: Duration = Duration::from_secs(2);
 
 /// Where the backfill records that it has once gone through every prediction: later starts skip
 /// it, rather than walk the whole table again (a million rows cost reads a 7× slower p99 for the

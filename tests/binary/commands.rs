@@ -572,11 +572,39 @@ async fn send_test_delivers_a_whole_signed_life_and_reports_each_answer() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("-> 401"));
 }
 
+/// A replica told to stop gives the reconciler's lease back, so the one that replaces it in a
+/// rolling deploy reads at once rather than a minute later.
+async fn a_stopping_replica_gives_the_reconcilers_lease_back(backend: Backend) {
+    let fake = FakeReplicate::start().await;
+    let store = TestStore::create(backend).await;
+    let url = store.url();
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("REPLICATE_API_TOKEN", fake_replicate::ACCOUNT_TOKEN),
+        ("INBOX_REPLICATE_API_URL", fake.url()),
+        ("INBOX_WEBHOOK_URL", "http://127.0.0.1:1/webhooks/replicate"),
+    ];
+    let mut service = Service::start_with(&env, &std::env::temp_dir());
+    service.wait_for("serving");
+    let holder = match backend {
+        Backend::Postgres => "SELECT holder FROM background_work WHERE name = 'reconciler'",
+        Backend::Sqlite => "SELECT holder FROM leases WHERE name = 'reconciler'",
+    };
+    support::eventually("the replica holds the lease", || async {
+        store.text(holder).await.is_some()
+    })
+    .await;
+    service.signal("-TERM");
+    assert_eq!(service.exit_code().0, Some(0));
+    assert_eq!(store.text(holder).await, None, "the lease was kept");
+}
+
 support::on_each_backend!(
     nothing_acknowledged_is_lost_across_kill_9_and_sigterm_exits_0,
     prune_says_what_it_would_remove_then_removes_it,
     retentions_first_run_logs_what_it_will_remove_before_removing_it,
     reconcile_reads_a_prediction_from_the_platform_once,
+    a_stopping_replica_gives_the_reconcilers_lease_back,
 );
 
 /// Every setting the service reads is in the README's table and in the example config file.
