@@ -483,7 +483,16 @@ impl Window {
         response: &mut reqwest::Response,
     ) -> Result<Option<Bytes>, FetchError> {
         loop {
-            let next = tokio::time::timeout_at(self.ends, response.chunk()).await;
+            // `None`: the window ended first. `chunk` takes nothing until it has it, so the same
+            // chunk is waited for again in the next window.
+            let chunk = match tokio::time::timeout_at(self.ends, response.chunk()).await {
+                Ok(next) => match next.map_err(FetchError::from_http)? {
+                    Some(chunk) => Some(chunk),
+                    None => return Ok(None),
+                },
+                Err(_) => None,
+            };
+            self.bytes += chunk.as_ref().map_or(0, |c| c.len() as u64);
             if Instant::now() >= self.ends {
                 if self.bytes < RATE_WINDOW_BYTES {
                     return Err(FetchError::Failed {
@@ -496,12 +505,9 @@ impl Window {
                 }
                 *self = Self::new();
             }
-            // Timed out at the window's end, which brought enough: the same chunk, waited for
-            // in the next window (`chunk` takes nothing until it has it).
-            let Ok(next) = next else { continue };
-            let chunk = next.map_err(FetchError::from_http)?;
-            self.bytes += chunk.as_ref().map_or(0, |c| c.len() as u64);
-            return Ok(chunk);
+            if let Some(chunk) = chunk {
+                return Ok(Some(chunk));
+            }
         }
     }
 }
