@@ -350,13 +350,13 @@ async fn the_command_beside_serving_replicas_reads_each_prediction_once(backend:
         Backend::Postgres => Some(support::start_gateway(&app.store.url(), &fake, &rate).await),
         Backend::Sqlite => None,
     };
-    let ids: Vec<String> = futures_util::stream::iter(0..40)
+    let ids: Vec<String> = futures_util::stream::iter(0..80)
         .map(|_| create(&app, json!({"steps": 1})))
         .buffer_unordered(8)
         .collect()
         .await;
-    // Due together, forty take the replicas four seconds at this rate: the command asks for the
-    // lease while they read.
+    // Due together, eighty take the replicas eight seconds at this rate: the command, which
+    // takes a second or two to start and be handed the lease, asks for it while they read.
     let reading = || {
         fake.seen()
             .iter()
