@@ -619,28 +619,11 @@ async fn copies_past_their_retention_are_deleted() {
 /// reads the queued files once for the whole list, never once for each prediction.
 #[tokio::test]
 async fn the_lookup_of_finished_predictions_reads_the_files_once_in_any_plan() {
-    use sqlx::{Executor, Row};
-
     let app = spawn_app_with(Backend::Postgres, &[]).await;
     let (_, pool) = app.postgres();
     let mut connection = pool.acquire().await.unwrap();
-    connection
-        .execute("SET plan_cache_mode = force_generic_plan")
-        .await
-        .unwrap();
     let lookup = prediction_inbox::store::postgres_archive_lookup();
-    connection
-        .execute(format!("PREPARE lookup AS {lookup}").as_str())
-        .await
-        .unwrap();
-    let plan: Vec<String> = connection
-        .fetch_all("EXPLAIN EXECUTE lookup('{}')")
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let plan = plan.join("\n");
+    let plan = support::generic_plan(&mut connection, lookup, "'{}'").await;
     assert!(plan.contains("on archive_files"), "{plan}");
     assert!(!plan.contains("Nested Loop"), "{plan}");
 }

@@ -700,10 +700,5 @@ async fn a_streamed_upload_past_the_size_limit_is_cut() {
         .await
         .unwrap();
     assert_problem(answer, StatusCode::PAYLOAD_TOO_LARGE).await;
-    let kept = fake
-        .seen()
-        .iter()
-        .filter(|s| s.method == "POST" && s.path == "/v1/files")
-        .count();
-    assert_eq!(kept, 0);
+    assert_eq!(fake.count("POST", "/v1/files"), 0);
 }

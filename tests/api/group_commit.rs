@@ -342,33 +342,21 @@ async fn a_closed_store_writes_nothing_and_leaves_no_connection_open() {
 #[tokio::test]
 async fn the_batch_statement_finds_predictions_by_key_in_a_plan_made_on_an_empty_table() {
     use prediction_inbox::store::{POSTGRES_BATCH_STATEMENT, POSTGRES_WRITER_SETTINGS};
+    use sqlx::Connection;
     use sqlx::postgres::{PgConnectOptions, PgConnection};
-    use sqlx::{Connection, Executor, Row};
 
     let (db, _store) = migrated_postgres_store().await;
     let options: PgConnectOptions = db.url.parse().unwrap();
     let mut connection = PgConnection::connect_with(&options.options(POSTGRES_WRITER_SETTINGS))
         .await
         .unwrap();
-    connection
-        .execute("SET plan_cache_mode = force_generic_plan")
-        .await
-        .unwrap();
-    connection
-        .execute(format!("PREPARE record AS {POSTGRES_BATCH_STATEMENT}").as_str())
-        .await
-        .unwrap();
-    let plan: Vec<String> = connection
-        .fetch_all(
-            "EXPLAIN EXECUTE record('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', \
-             '{}', '{}', '{}', '{}', 'channel', '1 minute', '{}')",
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let plan = plan.join("\n");
+    let plan = support::generic_plan(
+        &mut connection,
+        POSTGRES_BATCH_STATEMENT,
+        "'{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', \
+         'channel', '1 minute', '{}'",
+    )
+    .await;
     assert!(
         plan.contains("Index Scan using predictions_pkey on predictions"),
         "{plan}"

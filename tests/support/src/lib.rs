@@ -286,6 +286,29 @@ pub async fn start(
     instance
 }
 
+/// The plan Postgres keeps for `statement` once it stops planning each execution anew (the
+/// generic plan of a prepared statement), made on `connection` as its tables are now, for the
+/// arguments `arguments` (SQL literals, comma separated): EXPLAIN's lines, one text.
+pub async fn generic_plan(
+    connection: &mut PgConnection,
+    statement: &str,
+    arguments: &str,
+) -> String {
+    connection
+        .execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .expect("force generic plans");
+    connection
+        .execute(format!("PREPARE planned AS {statement}").as_str())
+        .await
+        .expect("prepare the statement");
+    let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE planned({arguments})"))
+        .fetch_all(&mut *connection)
+        .await
+        .expect("explain the statement");
+    lines.join("\n")
+}
+
 /// Waits until `sql`, a count on Postgres, answers `expected`.
 pub async fn eventually_counts(what: &str, pool: &PgPool, sql: &str, expected: i64) {
     eventually(what, || async {
