@@ -8,6 +8,16 @@ use support::fake_replicate::FakeReplicate;
 use support::service::Service;
 use support::{Backend, TestStore};
 
+/// A succeeded prediction `id` whose one output file is at `url`.
+pub(crate) fn succeeded(id: &str, url: &str) -> String {
+    serde_json::json!({
+        "id": id, "status": "succeeded", "model": "acme/echo", "version": "v",
+        "input": {}, "output": [url], "logs": "",
+        "created_at": "2026-12-05T10:00:00Z", "completed_at": "2026-12-05T10:00:05Z",
+    })
+    .to_string()
+}
+
 /// Proxy variables in the service's environment are not followed: a proxy sees no request, on
 /// the default list and the platform's own host (which does not resolve here; through a proxy it
 /// would not need to).
@@ -37,12 +47,7 @@ async fn proxy_variables_are_ignored() {
     }
     let mut service = Service::start_with(&env, &std::env::temp_dir());
     service.wait_for("serving");
-    let body = serde_json::json!({
-        "id": "p-proxy", "status": "succeeded", "model": "acme/echo", "version": "v",
-        "input": {}, "output": ["https://replicate.delivery/pbxt/abc/out.png"], "logs": "",
-        "created_at": "2026-12-05T10:00:00Z", "completed_at": "2026-12-05T10:00:05Z",
-    })
-    .to_string();
+    let body = succeeded("p-proxy", "https://replicate.delivery/pbxt/abc/out.png");
     let answer = crate::commands::deliver(&service.address, &body).await;
     assert!(answer.status().is_success());
     support::eventually("the file is tried and fails", || async {
@@ -75,12 +80,7 @@ async fn an_upload_cut_by_shutdown_leaves_no_parts_in_the_store() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut service = Service::start_with(&env, &std::env::temp_dir());
     service.wait_for("serving");
-    let body = serde_json::json!({
-        "id": "p-parts", "status": "succeeded", "model": "acme/echo", "version": "v",
-        "input": {}, "output": [url], "logs": "",
-        "created_at": "2026-12-05T10:00:00Z", "completed_at": "2026-12-05T10:00:05Z",
-    })
-    .to_string();
+    let body = succeeded("p-parts", &url);
     let answer = crate::commands::deliver(&service.address, &body).await;
     assert!(answer.status().is_success());
     support::eventually("a multipart upload is begun", || async {

@@ -74,12 +74,7 @@ async fn an_archive_cut_off_by_kill_9_resumes_after_restart(backend: Backend) {
     };
 
     let mut service = start();
-    let body = serde_json::json!({
-        "id": "p-crash", "status": "succeeded", "model": "acme/echo", "version": "v",
-        "input": {}, "output": [url], "logs": "",
-        "created_at": "2026-12-05T10:00:00Z", "completed_at": "2026-12-05T10:00:05Z",
-    })
-    .to_string();
+    let body = crate::archive::succeeded("p-crash", &url);
     let answer = crate::commands::deliver(&service.address, &body).await;
     assert!(answer.status().is_success());
     support::eventually("the download starts", || async {
