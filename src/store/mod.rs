@@ -604,13 +604,25 @@ UPDATE LEASES SET
     wanted_until = CASE WHEN wanted_by = $2 THEN NULL ELSE wanted_until END
 WHERE name = $1";
 
-/// The three lease statements for a backend's table and clock.
-fn lease_statements(table: &str, now: &str, until: &str) -> [String; 3] {
-    [LEASE, ASK_FOR_LEASE, RELEASE_LEASE].map(|sql| {
+/// The lease statements of one backend.
+struct LeaseStatements {
+    take: String,
+    ask: String,
+    release: String,
+}
+
+/// The lease statements for a backend's table and clock.
+fn lease_statements(table: &str, now: &str, until: &str) -> LeaseStatements {
+    let make = |sql: &str| {
         sql.replace("LEASES", table)
             .replace("UNTIL", until)
             .replace("NOW", now)
-    })
+    };
+    LeaseStatements {
+        take: make(LEASE),
+        ask: make(ASK_FOR_LEASE),
+        release: make(RELEASE_LEASE),
+    }
 }
 
 /// A checkpoint, and setting one, on either backend.

@@ -324,7 +324,7 @@ impl Store for Postgres {
     async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
         let held: Option<Option<String>> = self
             .live(|| {
-                sqlx::query_scalar(&LEASES[0])
+                sqlx::query_scalar(&LEASES.take)
                     .bind(name)
                     .bind(holder)
                     .bind(ttl)
@@ -341,7 +341,7 @@ impl Store for Postgres {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         self.live(|| {
-            sqlx::query(&LEASES[1])
+            sqlx::query(&LEASES.ask)
                 .bind(name)
                 .bind(holder)
                 .bind(ttl)
@@ -353,7 +353,7 @@ impl Store for Postgres {
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         self.live(|| {
-            sqlx::query(&LEASES[2])
+            sqlx::query(&LEASES.release)
                 .bind(name)
                 .bind(holder)
                 .execute(&self.pool)
@@ -1022,7 +1022,7 @@ const PRUNABLE: &str = concat!(
 
 /// The leases' statements (`store::lease_statements`): in `background_work`, by the database's
 /// clock, `$3` the lease's or ask's length.
-static LEASES: LazyLock<[String; 3]> =
+static LEASES: LazyLock<store::LeaseStatements> =
     LazyLock::new(|| store::lease_statements("background_work", "now()", "now() + $3"));
 
 /// A page of prediction $1's deliveries after ($2, $3), at most $4.

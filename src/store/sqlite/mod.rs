@@ -261,7 +261,7 @@ impl Store for Sqlite {
 
     async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
         let now = OffsetDateTime::now_utc();
-        let held: Option<Option<String>> = sqlx::query_scalar(&LEASES[0])
+        let held: Option<Option<String>> = sqlx::query_scalar(&LEASES.take)
             .bind(name)
             .bind(holder)
             .bind(unix_micros(now + ttl))
@@ -278,7 +278,7 @@ impl Store for Sqlite {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let now = OffsetDateTime::now_utc();
-        sqlx::query(&LEASES[1])
+        sqlx::query(&LEASES.ask)
             .bind(name)
             .bind(holder)
             .bind(unix_micros(now + ttl))
@@ -289,7 +289,7 @@ impl Store for Sqlite {
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        sqlx::query(&LEASES[2])
+        sqlx::query(&LEASES.release)
             .bind(name)
             .bind(holder)
             .execute(&self.writer)
@@ -418,7 +418,7 @@ impl Store for Sqlite {
 
 /// The leases' statements (`store::lease_statements`): in `leases`, `$3` the end of the lease
 /// or ask and `$4` the time now, in Unix microseconds.
-static LEASES: LazyLock<[String; 3]> =
+static LEASES: LazyLock<store::LeaseStatements> =
     LazyLock::new(|| store::lease_statements("leases", "$4", "$3"));
 
 /// Records the delivery unless its `webhook-id` was recorded before, then advances its
