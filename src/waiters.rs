@@ -10,11 +10,11 @@
 //! woken once it is listening again, which covers whatever was committed during the gap.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::store::{Change, Store};
 
@@ -39,7 +39,7 @@ pub type Caller = usize;
 struct Inner {
     /// Per prediction id: a generation counter for every change and one for terminal changes, each
     /// bumped on a wake-up and made when its first waiter comes, and how many wait on them.
-    waiting: Mutex<HashMap<String, Waiting>>,
+    waiting: Mutex<HashMap<Arc<str>, Waiting>>,
     count: AtomicUsize,
     max: usize,
     /// Waiters per caller, and the most one caller may park.
@@ -51,10 +51,19 @@ struct Inner {
     finished: std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>,
 }
 
+#[derive(Default)]
 struct Waiting {
-    every: Option<watch::Sender<u64>>,
-    terminal: Option<watch::Sender<u64>>,
+    every: Option<Arc<Generation>>,
+    terminal: Option<Arc<Generation>>,
     waiters: usize,
+}
+
+/// A count of wake-ups, which each waiter compares with the last it saw, and the means to wake
+/// them: some 60 bytes where a `watch` channel is some 350, for each prediction waited on.
+#[derive(Default)]
+struct Generation {
+    count: AtomicU64,
+    woken: Notify,
 }
 
 /// Why a waiter could not be registered.
@@ -114,24 +123,27 @@ impl Waiters {
             return Err(Refused::Full);
         }
         let mut waiting = self.lock();
-        let entry = waiting.entry(id.to_owned()).or_insert_with(|| Waiting {
-            every: None,
-            terminal: None,
-            waiters: 0,
-        });
+        // The map's key is shared with the registration: one copy of the id for all its waiters.
+        let entry = waiting.entry(Arc::from(id));
+        let id = Arc::clone(entry.key());
+        let entry = entry.or_default();
         entry.waiters += 1;
-        let receiver = match interest {
-            Interest::Every => &mut entry.every,
-            Interest::Terminal => &mut entry.terminal,
-        }
-        // A channel is some 350 bytes: a wait on a prediction has no use for the other one.
-        .get_or_insert_with(|| watch::channel(0).0)
-        .subscribe();
+        // A wait on a prediction has no use for the other generation.
+        let generation = Arc::clone(
+            match interest {
+                Interest::Every => &mut entry.every,
+                Interest::Terminal => &mut entry.terminal,
+            }
+            .get_or_insert_default(),
+        );
+        // Read under the lock that every wake-up takes: what is seen here is not missed.
+        let seen = generation.count.load(Ordering::Acquire);
         Ok(Registration {
             changes: self.clone(),
-            id: id.to_owned(),
+            id,
             caller,
-            receiver,
+            generation,
+            seen,
         })
     }
 
@@ -167,7 +179,7 @@ impl Waiters {
                 let _ = finished.try_send(change.id.clone());
             }
         }
-        if let Some(waiting) = self.lock().get(&change.id) {
+        if let Some(waiting) = self.lock().get(change.id.as_str()) {
             bump(&waiting.every);
             if change.terminal {
                 bump(&waiting.terminal);
@@ -190,15 +202,16 @@ impl Waiters {
         self.wake_all();
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Waiting>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Waiting>> {
         lock(&self.inner.waiting)
     }
 }
 
 /// Wakes the waiters on `generation`, if any ever came.
-fn bump(generation: &Option<watch::Sender<u64>>) {
+fn bump(generation: &Option<Arc<Generation>>) {
     if let Some(generation) = generation {
-        generation.send_modify(|count| *count += 1);
+        generation.count.fetch_add(1, Ordering::AcqRel);
+        generation.woken.notify_waiters();
     }
 }
 
@@ -213,27 +226,38 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// removes the waiter at once.
 pub struct Registration {
     changes: Waiters,
-    id: String,
+    id: Arc<str>,
     caller: Caller,
-    receiver: watch::Receiver<u64>,
+    generation: Arc<Generation>,
+    /// The generation's count at the last wake-up this waiter saw.
+    seen: u64,
 }
 
 impl Registration {
     /// Resolves at the next wake-up after the last one seen: `true` to re-read the state, `false`
     /// when the process is shutting down and the wait should end.
     pub async fn changed(&mut self) -> bool {
-        // The sender lives as long as any registration on this id, this one included.
-        self.receiver.changed().await.is_ok() && !self.changes.inner.closed.load(Ordering::Acquire)
+        let generation = &self.generation;
+        loop {
+            // Made before the count is read: a wake-up in between still reaches it.
+            let woken = generation.woken.notified();
+            let count = generation.count.load(Ordering::Acquire);
+            if count != self.seen {
+                self.seen = count;
+                return !self.changes.inner.closed.load(Ordering::Acquire);
+            }
+            woken.await;
+        }
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut waiting = self.changes.lock();
-        if let Some(entry) = waiting.get_mut(&self.id) {
+        if let Some(entry) = waiting.get_mut(&*self.id) {
             entry.waiters -= 1;
             if entry.waiters == 0 {
-                waiting.remove(&self.id);
+                waiting.remove(&*self.id);
             }
         }
         drop(waiting);
@@ -308,6 +332,20 @@ mod tests {
         assert!(woke.is_err(), "a processing change woke a wait");
         waiters.wake(&change("a", true));
         assert!(wait.changed().await && stream.changed().await);
+    }
+
+    #[tokio::test]
+    async fn a_parked_waiter_is_woken() {
+        let waiters = Waiters::new(10, None);
+        let mut a = waiters.register("a", Interest::Terminal, 0).unwrap();
+        let mut changed = std::pin::pin!(a.changed());
+        let parked = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(changed.as_mut().poll(cx).is_pending())
+        });
+        assert!(parked.await, "nothing has changed yet");
+        waiters.wake(&change("a", true));
+        let woken = tokio::time::timeout(Duration::from_secs(5), changed).await;
+        assert!(woken.expect("woken"));
     }
 
     #[tokio::test]
