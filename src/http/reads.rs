@@ -51,13 +51,21 @@ impl Reader {
     }
 
     /// One prediction's body as this reader gets it.
-    pub(in crate::http) async fn present_one(
-        &self,
-        state: &AppState,
+    ///
+    /// Not an `async fn`, which would keep `item` twice: a woken wait answers through here.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice"
+    )]
+    pub(in crate::http) fn present_one<'a>(
+        &'a self,
+        state: &'a AppState,
         mut item: StoredPrediction,
-    ) -> StoredPrediction {
-        self.present(state, std::slice::from_mut(&mut item)).await;
-        item
+    ) -> impl Future<Output = StoredPrediction> + 'a {
+        async move {
+            self.present(state, std::slice::from_mut(&mut item)).await;
+            item
+        }
     }
 
     /// The bodies of deliveries of prediction `id`, each with its own status, as this reader

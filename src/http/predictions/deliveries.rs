@@ -100,7 +100,7 @@ pub(super) async fn history(
     Path(id): Path<String>,
     Query(params): Query<HistoryParams>,
 ) -> Result<Response, ApiError> {
-    let id = receivable(id)?;
+    receivable(&id)?;
     let with_bodies = match params.include.as_deref() {
         None => false,
         Some("body") => true,

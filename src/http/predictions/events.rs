@@ -34,7 +34,7 @@ pub(super) async fn events(
     reader: Reader,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let id = receivable(id)?;
+    receivable(&id)?;
     let registration = state
         .waiters
         .register(&id, Interest::Every, caller)

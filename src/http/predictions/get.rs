@@ -35,64 +35,81 @@ use crate::waiters::Interest;
         (status = 503, description = "The database is unavailable", body = Problem, content_type = PROBLEM_JSON),
     ),
 )]
-pub(super) async fn get_one(
+//
+// Not an `async fn`: one keeps its arguments twice, as they came and as it moved them, and a
+// parked wait carries that space until it answers.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+pub(super) fn get_one(
     Authenticated(caller): Authenticated,
     State(state): State<AppState>,
     Path(id): Path<String>,
     WaitPreference(wait): WaitPreference,
     reader: Reader,
-) -> Result<Response, ApiError> {
-    let id = receivable(id)?;
-    let (found, applied) = match wait {
-        None => {
-            let read = bounded(state.settings.request_timeout, state.store.prediction(&id));
-            (read.await?, None)
-        }
-        Some(wait) => {
-            let (found, applied) = wait_for_end(&state, &id, wait, caller).await?;
-            (found, Some(applied))
-        }
-    };
-    let found = match found {
-        Some(found) => Some(reader.present_one(&state, found).await),
-        None => None,
-    };
-    Ok(answer(found, applied))
+) -> impl Future<Output = Result<Response, ApiError>> {
+    async move {
+        receivable(&id)?;
+        let (found, applied) = match wait {
+            None => {
+                let read = bounded(state.settings.request_timeout, state.store.prediction(&id));
+                (read.await?, None)
+            }
+            Some(wait) => {
+                let (found, applied) = wait_for_end(&state, &id, wait, caller).await?;
+                (found, Some(applied))
+            }
+        };
+        let found = match found {
+            Some(found) => Some(reader.present_one(&state, found).await),
+            None => None,
+        };
+        Ok(answer(found, applied))
+    }
 }
 
 /// Holds the request until prediction `id` is terminal or `wait` seconds pass (or the service
 /// shuts down), then reads it: its state then, and the wait applied (0 when too many requests
 /// were already waiting, and the state is read at once).
-pub(in crate::http) async fn wait_for_end(
-    state: &AppState,
-    id: &str,
+//
+// Not an `async fn`, which would keep its arguments twice for as long as the wait is parked.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
+pub(in crate::http) fn wait_for_end<'a>(
+    state: &'a AppState,
+    id: &'a str,
     wait: u64,
     caller: usize,
-) -> Result<(Option<StoredPrediction>, u64), ApiError> {
-    // This route's bounds live here rather than in a timeout layer: a layer, or a timeout around
-    // the whole wait, is one more future and timer for every parked wait, and waits are what this
-    // route holds by the thousand. Each read is bounded by the request timeout, the wait by its
-    // own deadline.
-    let bound = state.settings.request_timeout;
-    let read = || bounded(bound, state.store.prediction(id));
-    // Registered before the first read, so a change committed in between still wakes this wait.
-    let Ok(mut registration) = state.waiters.register(id, Interest::Terminal, caller) else {
-        // Too many waiters already: the state now, and a header that says no wait was applied.
-        return Ok((read().await?, 0));
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
-    // Whether the prediction is finished, asked without its body: a parked wait holds none, and
-    // reads it once, when it answers.
-    while bounded(bound, state.store.finished(id)).await? != Some(true) {
-        // Woken only when a change makes the prediction terminal (or when changes may have been
-        // missed): then it is asked again.
-        tokio::select! {
-            woken = registration.changed() => if !woken { break },
-            () = tokio::time::sleep_until(deadline) => break,
+) -> impl Future<Output = Result<(Option<StoredPrediction>, u64), ApiError>> + 'a {
+    async move {
+        // This route's bounds live here rather than in a timeout layer: a layer, or a timeout
+        // around the whole wait, is one more future and timer for every parked wait, and waits are
+        // what this route holds by the thousand. Each read is bounded by the request timeout, the
+        // wait by its own deadline.
+        let read = || bounded(state.settings.request_timeout, state.store.prediction(id));
+        // Registered before the first read, so a change committed in between still wakes it.
+        let Ok(mut registration) = state.waiters.register(id, Interest::Terminal, caller) else {
+            // Too many waiters already: the state now, and a header saying no wait was applied.
+            return Ok((read().await?, 0));
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+        // Whether the prediction is finished, asked without its body: a parked wait holds none,
+        // and reads it once, when it answers.
+        let finished = || bounded(state.settings.request_timeout, state.store.finished(id));
+        while finished().await? != Some(true) {
+            // Woken only when a change makes the prediction terminal (or when changes may have
+            // been missed): then it is asked again.
+            tokio::select! {
+                woken = registration.changed() => if !woken { break },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
         }
+        // The state as it is now: finished, or at the deadline (or at shutdown).
+        Ok((read().await?, wait))
     }
-    // The state as it is now: finished, or at the deadline (or at shutdown).
-    Ok((read().await?, wait))
 }
 
 /// A database call that gives up after `limit`, answered 503.

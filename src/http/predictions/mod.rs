@@ -117,9 +117,9 @@ pub(super) fn page_size(limit: Option<&str>) -> Result<u32, ApiError> {
 
 /// The id, if a delivery could ever carry it. Any other (empty, over 1024 bytes, with a NUL, which
 /// Postgres text cannot even hold) names no prediction, now or later: 404 at once, without a wait.
-pub(super) fn receivable(id: String) -> Result<String, ApiError> {
-    if PredictionId::is_valid(&id) {
-        Ok(id)
+pub(super) fn receivable(id: &str) -> Result<(), ApiError> {
+    if PredictionId::is_valid(id) {
+        Ok(())
     } else {
         Err(not_received())
     }
