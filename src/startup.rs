@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +41,7 @@ pub enum StartupError {
 /// A migrated database, a bound listener and the background workers, ready to serve.
 pub struct Application {
     listener: TcpListener,
-    router: Router,
+    app: http::App,
     store: Arc<dyn Store>,
     waiters: Waiters,
     supervisor: Supervisor,
@@ -181,7 +180,7 @@ impl Application {
                 None
             }
         };
-        let router = http::router(
+        let app = http::router(
             http::Parts {
                 store: store.clone(),
                 writer: writer.clone(),
@@ -196,7 +195,7 @@ impl Application {
         );
         Ok(Self {
             listener,
-            router,
+            app,
             store,
             waiters,
             supervisor,
@@ -238,7 +237,7 @@ impl Application {
             shutdown.await;
             waiters.close();
         };
-        http::serve(self.listener, self.router, &self.http, shutdown).await;
+        http::serve(self.listener, self.app, &self.http, shutdown).await;
         self.supervisor.shutdown().await;
         self.store.close().await;
         tracing::info!("stopped");

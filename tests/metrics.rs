@@ -185,6 +185,15 @@ async fn metrics_count_what_the_service_does(backend: Backend) {
             .status(),
         404
     );
+    // A route with a parameter is counted by its template, never by the path asked for.
+    let read = app
+        .client
+        .get(format!("{}/v1/predictions/p1", app.address))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
 
     // A parked waiter shows in the gauge.
     let waiting = app
@@ -283,6 +292,19 @@ async fn metrics_count_what_the_service_does(backend: Backend) {
             &text,
             requests,
             &[("route", "unmatched"), ("method", "GET"), ("status", "404")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        added(
+            &before,
+            &text,
+            requests,
+            &[
+                ("route", "/v1/predictions/{id}"),
+                ("method", "GET"),
+                ("status", "200")
+            ]
         ),
         1.0
     );

@@ -2,12 +2,14 @@
 //! the service's own errors, and `problem_for_bare_errors` for the ones the framework and the
 //! middleware make (unknown routes, wrong methods, body limits, timeouts, panics).
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::{BoxFuture, Either, Ready, ready};
 use serde::Serialize;
 
 use crate::ingest::IngestError;
@@ -135,13 +137,23 @@ pub fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
     response
 }
 
+/// What the service answers to every request: the layers never fail it.
+type Answer = Result<Response, Infallible>;
+
 /// Rewrites an error answer that is not already a problem (a rejection's plain text, an empty
 /// 405/408/413) into one, keeping its status and headers and using its text as the detail.
-pub async fn problem_for_bare_errors<B>(response: axum::http::Response<B>) -> Response
+///
+/// A `then` step after the whole stack, not an async middleware: every request's future, parked
+/// waits by the thousand among them, is then the inner future and a tag, and only a bare error,
+/// whose body must be read, takes a box.
+pub fn problem_for_bare_errors<B>(
+    response: Result<axum::http::Response<B>, Infallible>,
+) -> Either<Ready<Answer>, BoxFuture<'static, Answer>>
 where
     B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
+    let Ok(response) = response;
     let status = response.status();
     let is_problem = response
         .headers()
@@ -149,10 +161,11 @@ where
         .is_some_and(|value| value.as_bytes() == PROBLEM_JSON.as_bytes());
     let response = response.map(Body::new);
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
-        return response;
+        return Either::Left(ready(Ok(response)));
     }
-    // Boxed: every request's future is sized for this path, which only bare errors take.
-    Box::pin(rebuild_as_problem(response)).await
+    Either::Right(Box::pin(
+        async move { Ok(rebuild_as_problem(response).await) },
+    ))
 }
 
 async fn rebuild_as_problem(response: Response) -> Response {

@@ -15,13 +15,13 @@ mod scrape;
 mod server;
 mod webhooks;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
-use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -126,8 +126,46 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// The service's routes, not yet inside the layers every request passes (see `App::service`).
+pub struct App {
+    routes: Router,
+    templates: scrape::RouteTemplates,
+}
+
+impl App {
+    /// The routes inside the layers every request passes, outermost first.
+    ///
+    /// Outside the router, not added with `Router::layer`: that boxes every request's future once
+    /// more, and parked waits hold theirs by the thousand. So the request metrics find the route
+    /// by its template rather than by axum's `MatchedPath`, which only layers inside know.
+    pub fn service(
+        self,
+    ) -> impl tower::Service<
+        Request<Body>,
+        Response = Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static {
+        let templates = self.templates;
+        ServiceBuilder::new()
+            .then(error::problem_for_bare_errors)
+            // A caller's `x-request-id` is kept; otherwise one is made. It goes back in the answer
+            // and into the span every log line of the request is written in.
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(TraceLayer::new_for_http().make_span_with(request_span))
+            .layer(tower::layer::layer_fn(move |inner| {
+                scrape::CountRequests::new(inner, templates.clone())
+            }))
+            .layer(CatchPanicLayer::new())
+            .service(self.routes)
+    }
+}
+
 /// The service's routes over `parts`, and the description of them that `/openapi.json` serves.
-pub fn router(parts: Parts, settings: Settings) -> Router {
+pub fn router(parts: Parts, settings: Settings) -> App {
     let (router, description) = openapi::router()
         .merge(webhooks::router(&settings))
         .merge(predictions::router(&settings))
@@ -136,23 +174,13 @@ pub fn router(parts: Parts, settings: Settings) -> Router {
         .merge(health::router(&settings))
         .merge(scrape::router(&settings))
         .split_for_parts();
+    // Every route is in the description: each is added with its documentation.
+    let templates = scrape::RouteTemplates::new(description.paths.paths.keys());
     let state = AppState::new(parts, settings, openapi::render(&description).into());
-    router
+    let routes = router
         .fallback(|| async { ApiError::NotFound("there is no such route".into()) })
-        .with_state(state)
-        // One stack, so a parked request carries one boxed future for all of it. `Router::layer`
-        // wraps each route and the fallback after routing, so the metrics see the matched route.
-        .layer(
-            ServiceBuilder::new()
-                .layer(map_response(error::problem_for_bare_errors))
-                // A caller's `x-request-id` is kept; otherwise one is made. It goes back in the
-                // answer and into the span every log line of the request is written in.
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(TraceLayer::new_for_http().make_span_with(request_span))
-                .layer(tower::layer::layer_fn(scrape::CountRequests))
-                .layer(CatchPanicLayer::new()),
-        )
+        .with_state(state);
+    App { routes, templates }
 }
 
 fn request_span(request: &Request<Body>) -> tracing::Span {

@@ -4,11 +4,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::Method;
 use axum::response::Response;
 use utoipa_axum::router::OpenApiRouter;
@@ -99,11 +99,48 @@ async fn scrape(State(state): State<AppState>) -> Response {
     super::typed("text/plain; version=0.0.4; charset=utf-8", handle.render())
 }
 
-/// Counts and times each request by its route template (`unmatched` for the fallback). Applied
-/// after routing, where `MatchedPath` is known. A concrete service rather than `from_fn`, which
-/// boxes two futures for every request in flight — and parked waits are requests in flight.
+/// The routes' templates (`/v1/predictions/{id}`), found by the matcher axum routes with.
+///
+/// The request metrics are labelled with them. Axum's own `MatchedPath` is known only inside the
+/// router, to layers added with `Router::layer`, and each such layer boxes every request's future
+/// once more — which a parked wait holds for as long as it waits.
 #[derive(Clone)]
-pub struct CountRequests<S>(pub S);
+pub struct RouteTemplates(Arc<matchit::Router<Arc<str>>>);
+
+impl RouteTemplates {
+    /// `templates` are the routes' paths, as the API description lists every one of them.
+    pub fn new<'a>(templates: impl IntoIterator<Item = &'a String>) -> Self {
+        let mut routes = matchit::Router::new();
+        for template in templates {
+            // The router already took each of these; a template it could not take would have
+            // stopped it from being built.
+            if let Err(error) = routes.insert(template.as_str(), Arc::from(template.as_str())) {
+                tracing::warn!(%error, template, "a route is counted as unmatched");
+            }
+        }
+        Self(Arc::new(routes))
+    }
+
+    /// The template `path` matches, if any route's does.
+    fn find(&self, path: &str) -> Option<Arc<str>> {
+        self.0.at(path).ok().map(|found| Arc::clone(found.value))
+    }
+}
+
+/// Counts and times each request by its route template (`unmatched` for the fallback). A concrete
+/// service rather than `from_fn`, which boxes two futures for every request in flight — and
+/// parked waits are requests in flight.
+#[derive(Clone)]
+pub struct CountRequests<S> {
+    inner: S,
+    templates: RouteTemplates,
+}
+
+impl<S> CountRequests<S> {
+    pub fn new(inner: S, templates: RouteTemplates) -> Self {
+        Self { inner, templates }
+    }
+}
 
 impl<S, B> tower::Service<Request> for CountRequests<S>
 where
@@ -114,15 +151,15 @@ where
     type Future = Counted<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
         Counted {
-            route: request.extensions().get::<MatchedPath>().cloned(),
+            route: self.templates.find(request.uri().path()),
             method: request.method().clone(),
             started: Instant::now(),
-            inner: self.0.call(request),
+            inner: self.inner.call(request),
         }
     }
 }
@@ -131,7 +168,7 @@ pin_project_lite::pin_project! {
     pub struct Counted<F> {
         #[pin]
         inner: F,
-        route: Option<MatchedPath>,
+        route: Option<Arc<str>>,
         method: Method,
         started: Instant,
     }
@@ -147,7 +184,7 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let Ok(response) = &result {
-            let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            let route = this.route.as_deref().unwrap_or("unmatched");
             metrics::http_request(
                 route,
                 this.method.as_str(),

@@ -11,7 +11,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use hyper::body::Incoming;
@@ -23,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use super::Settings;
+use super::{App, Settings};
 
 /// An HTTP/1 connection's read buffer: the longest request head, and the most of a body read ahead.
 const H1_BUFFER: usize = 64 * 1024;
@@ -46,14 +45,14 @@ fn too_many_connections() -> Vec<u8> {
     )
     .into_bytes()
 }
-/// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits for the
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting and waits for the
 /// connections' in-flight requests to finish (idle keep-alive connections close at once).
 ///
 /// The request timeout also bounds how long a client may take to send a request's headers; the
 /// body and the answer are bounded by each route's own timeout.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    app: App,
     settings: &Settings,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -73,6 +72,7 @@ pub async fn serve(
         .max_header_list_size(H2_HEADER_LIST)
         .max_concurrent_streams(H2_STREAMS);
     let open = Arc::new(Semaphore::new(settings.max_connections));
+    let service = app.service();
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -96,7 +96,7 @@ pub async fn serve(
             let _ = stream.try_write(&too_many_connections());
             continue;
         };
-        let (builder, router, watcher) = (builder.clone(), router.clone(), graceful.watcher());
+        let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
         tokio::spawn(async move {
             let _open = permit;
             // hyper's header timer starts only once it knows the protocol: bound that part here.
@@ -107,7 +107,7 @@ pub async fn serve(
                 return;
             }
             let service = TowerToHyperService::new(
-                router.map_request(|request: Request<Incoming>| request.map(Body::new)),
+                service.map_request(|request: Request<Incoming>| request.map(Body::new)),
             );
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(connection.into_owned()).await {
