@@ -25,7 +25,7 @@ use tower::ServiceExt;
 use super::{App, Settings};
 
 /// An HTTP/1 connection's read buffer: the longest request head, and the most of a body read ahead.
-const H1_BUFFER: usize = 64 * 1024;
+const H1_BUFFER: usize = 16 * 1024;
 /// What an HTTP/2 client may send on one stream, and on the whole connection, before the service
 /// has read it (hyper's defaults are 1 MiB each, and the window of the connection grows with use).
 const H2_STREAM_WINDOW: u32 = 256 * 1024;

@@ -308,6 +308,34 @@ async fn a_dead_writer_is_restarted_and_the_service_is_not_ready_meanwhile(backe
     assert_eq!(app.deliver(&again).await, "applied");
 }
 
+/// An HTTP/1 connection holds one read buffer of at most 16 KiB, idle or not: a request head that
+/// does not fit in it is refused unread (431), and one that fits is served.
+#[tokio::test]
+async fn a_request_head_longer_than_the_read_buffer_is_refused() {
+    let app = spawn_app_with(Backend::Sqlite, &[]).await;
+    let head = |padding: usize| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: inbox\r\nConnection: close\r\nx-padding: {}\r\n\r\n",
+            "p".repeat(padding)
+        )
+    };
+    for (padding, status) in [(12 * 1024, "200"), (17 * 1024, "431")] {
+        let mut stream = TcpStream::connect(app.address.trim_start_matches("http://"))
+            .await
+            .expect("connect");
+        stream
+            .write_all(head(padding).as_bytes())
+            .await
+            .expect("the head");
+        let (answer, _) = answer(&mut stream, Duration::from_secs(10)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "a {padding}-byte header: {}",
+            answer.lines().next().unwrap_or_default()
+        );
+    }
+}
+
 /// A batch of large bodies on a busy server may take longer than the statement timeout that stops
 /// runaway reads (10 s); its deadline, the request's, is what bounds it. Here a lock holds the
 /// batch past those 10 s.
