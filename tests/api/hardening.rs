@@ -16,18 +16,23 @@ use tokio::net::TcpStream;
 /// What every request reading a body is charged beyond its bytes (src/http/body.rs).
 const REQUEST_COST: usize = 16 * 1024;
 
-/// A connection to `app` that has sent the head of a delivery: `Content-Length: length` and
-/// `headers` (each line ended).
-async fn delivery_head(app: &TestApp, length: usize, headers: &str) -> TcpStream {
+/// A connection to `app` that has sent `head`.
+async fn sent(app: &TestApp, head: &str) -> TcpStream {
     let mut stream = TcpStream::connect(app.address.trim_start_matches("http://"))
         .await
         .expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("the head");
+    stream
+}
+
+/// A connection to `app` that has sent the head of a delivery: `Content-Length: length` and
+/// `headers` (each line ended).
+async fn delivery_head(app: &TestApp, length: usize, headers: &str) -> TcpStream {
     let head = format!(
         "POST /webhooks/replicate HTTP/1.1\r\nHost: inbox\r\nContent-Type: application/json\r\n\
          Content-Length: {length}\r\n{headers}\r\n"
     );
-    stream.write_all(head.as_bytes()).await.expect("the head");
-    stream
+    sent(app, &head).await
 }
 
 /// Everything the service sends until it closes the connection, and when that was; fails after
@@ -320,13 +325,7 @@ async fn a_request_head_longer_than_the_read_buffer_is_refused() {
         )
     };
     for (padding, status) in [(12 * 1024, "200"), (17 * 1024, "431")] {
-        let mut stream = TcpStream::connect(app.address.trim_start_matches("http://"))
-            .await
-            .expect("connect");
-        stream
-            .write_all(head(padding).as_bytes())
-            .await
-            .expect("the head");
+        let mut stream = sent(&app, &head(padding)).await;
         let (answer, _) = answer(&mut stream, Duration::from_secs(10)).await;
         assert!(
             answer.starts_with(&format!("HTTP/1.1 {status} ")),
