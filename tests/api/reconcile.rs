@@ -413,7 +413,8 @@ async fn the_command_beside_serving_replicas_reads_each_prediction_once(backend:
 }
 
 /// Predictions created and finished while the inbox was down, their retries run out: the
-/// catch-up at start lists them and imports those whose webhook is the inbox's, and no other.
+/// catch-up at start lists them, page after page, and imports those whose webhook is the inbox's,
+/// and no other.
 async fn after_an_outage_the_catch_up_imports_what_every_webhook_missed(backend: Backend) {
     let fake = FakeReplicate::start().await;
     let port = support::bench::free_port();
@@ -428,7 +429,8 @@ async fn after_an_outage_the_catch_up_imports_what_every_webhook_missed(backend:
         }
     };
     let mut missed = Vec::new();
-    for _ in 0..20 {
+    // More than the platform's page of 100: the catch-up follows `next`.
+    for _ in 0..120 {
         missed.push(create_at_the_platform(ours.clone()).await);
     }
     let theirs = create_at_the_platform("https://elsewhere.example/hook".into()).await;

@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prediction_inbox::verify::Secret;
 use serde_json::{Value, json};
+use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -593,9 +594,7 @@ fn new_id() -> String {
 }
 
 fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap()
+    time::OffsetDateTime::now_utc().format(&Rfc3339).unwrap()
 }
 
 fn problem(status: StatusCode, detail: &str) -> Response {
@@ -691,25 +690,64 @@ async fn read(State(fake): State<FakeReplicate>, Path(id): Path<String>) -> Resp
     }
 }
 
+/// The list, newest first, a hundred a page, as the platform pages it: the cursor is a place in
+/// creation order, so a prediction created meanwhile neither shifts a page nor repeats one, and a
+/// page costs its own hundred whatever the account holds. `created_after` (inclusive) and
+/// `created_before` (exclusive) bound it, and the next page keeps them.
 async fn list(
     State(fake): State<FakeReplicate>,
     Query(query): Query<HashMap<String, String>>,
     uri: Uri,
 ) -> Response {
-    let order = lock(&fake.0.order).clone();
-    let start: usize = query
+    let bound = |key: &str| match query.get(key) {
+        None => Ok(None),
+        Some(text) => time::OffsetDateTime::parse(text, &Rfc3339)
+            .map(Some)
+            .map_err(|_| key.to_owned()),
+    };
+    let (after, before) = match (bound("created_after"), bound("created_before")) {
+        (Ok(after), Ok(before)) => (after, before),
+        (Err(key), _) | (_, Err(key)) => {
+            return problem(StatusCode::BAD_REQUEST, &format!("{key}: not ISO 8601"));
+        }
+    };
+    let order = lock(&fake.0.order);
+    let predictions = lock(&fake.0.predictions);
+    let mut place = query
         .get("cursor")
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let page: Vec<Value> = order
-        .iter()
-        .rev()
-        .skip(start)
-        .take(100)
-        .filter_map(|id| fake.prediction(id))
-        .collect();
-    let next = (start + 100 < order.len())
-        .then(|| format!("{}{}?cursor={}", fake.0.address, uri.path(), start + 100));
+        .map_or(order.len(), |c: usize| c.min(order.len()));
+    let mut page = Vec::new();
+    while place > 0 && page.len() < 100 {
+        place -= 1;
+        let Some(prediction) = predictions.get(&order[place]) else {
+            continue;
+        };
+        let created = prediction["created_at"]
+            .as_str()
+            .and_then(|t| time::OffsetDateTime::parse(t, &Rfc3339).ok());
+        if before.is_some_and(|before| created.is_none_or(|c| c >= before)) {
+            continue;
+        }
+        // In creation order: nothing before this one is after the bound either.
+        if after.is_some_and(|after| created.is_none_or(|c| c < after)) {
+            place = 0;
+            break;
+        }
+        page.push(prediction.clone());
+    }
+    let next = (place > 0).then(|| {
+        let mut next = url::Url::parse(&format!("{}{}", fake.0.address, uri.path()))
+            .expect("the fake's own address");
+        next.query_pairs_mut()
+            .extend_pairs(
+                ["created_after", "created_before"]
+                    .into_iter()
+                    .filter_map(|key| Some((key, query.get(key)?))),
+            )
+            .append_pair("cursor", &place.to_string());
+        next.to_string()
+    });
     axum::Json(json!({"previous": null, "next": next, "results": page})).into_response()
 }
 
