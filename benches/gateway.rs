@@ -1,5 +1,5 @@
-//! Creating through the inbox, against the fake platform in this process and the real release
-//! binary:
+//! Creating through the inbox, against the fake platform in this process (on threads of its own)
+//! and the real release binary:
 //!
 //!     cargo bench --bench gateway                 # Postgres: 32 concurrent creates, 10 s a phase
 //!     cargo bench --bench gateway -- sqlite 32 10 # the embedded store; creates at once; seconds
@@ -31,7 +31,7 @@ async fn main() {
     let concurrency: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(32);
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
 
-    let fake = FakeReplicate::start().await;
+    let fake = FakeReplicate::start_apart();
     let database = BenchDatabase::create(&backend).await;
     let port = free_port();
     let webhook = format!("http://127.0.0.1:{port}/webhooks/replicate");

@@ -174,6 +174,25 @@ impl FakeReplicate {
         fake
     }
 
+    /// The fake on a runtime and threads of its own, for the life of the process: in a
+    /// benchmark, the load's tasks then never wait in one runtime's queues behind the platform's
+    /// work, which is on other machines in life.
+    pub fn start_apart() -> Self {
+        let (started, fake) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a runtime for the fake");
+            runtime.block_on(async {
+                let _ = started.send(Self::start().await);
+                std::future::pending::<()>().await
+            })
+        });
+        fake.recv().expect("the fake started")
+    }
+
     /// The base URL, as `INBOX_REPLICATE_API_URL`.
     pub fn url(&self) -> &str {
         &self.0.address
