@@ -399,6 +399,38 @@ async fn one_replica_at_a_time_holds_the_pruners_lease() {
     other.close().await;
 }
 
+/// On SQLite, dropped bodies give their pages back: the records that stay are packed together, so
+/// the file reuses the space for the next day's deliveries instead of growing by it.
+#[tokio::test]
+async fn dropped_bodies_give_their_pages_back_on_sqlite() {
+    let app = spawn_app(Backend::Sqlite).await;
+    // Bodies of about 3 KiB: each held whole in a page of its own (4 KiB), as a long
+    // prediction's are in part.
+    let logs = "a log line that repeats\n".repeat(120);
+    for i in 1..=200 {
+        let body = prediction("pages", "processing", &logs[..logs.len() - 200 + i]);
+        assert_eq!(app.deliver(&Delivery::new(body)).await, "applied");
+    }
+    let used = || async {
+        app.store
+            .text(
+                "SELECT CAST((SELECT page_count FROM pragma_page_count()) \
+                     - (SELECT freelist_count FROM pragma_freelist_count()) AS TEXT)",
+            )
+            .await
+            .and_then(|pages| pages.parse::<i64>().ok())
+            .expect("pages in use")
+    };
+    let before = used().await;
+    let pruned = prune_as_if(&app, 25 * HOUR).await;
+    assert_eq!(pruned.bodies, 199);
+    let after = used().await;
+    assert!(
+        after * 4 < before,
+        "pages in use: {before} before the bodies were dropped, {after} after"
+    );
+}
+
 support::on_each_backend!(
     the_history_shows_every_delivery_oldest_first_with_what_became_of_it,
     retention_drops_superseded_bodies_then_old_records_and_keeps_what_states_stand_on,
