@@ -861,8 +861,7 @@ mod tests {
             .map(str::to_owned)
             .collect();
         written.sort();
-        store.writer.close().await;
-        store.readers.close().await;
+        store.close().await;
         let _ = std::fs::remove_dir_all(&folder);
         assert_eq!(columns, written);
     }
