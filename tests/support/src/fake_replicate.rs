@@ -346,10 +346,10 @@ impl FakeReplicate {
 
     /// Runs prediction `id` on timers, sending its webhooks.
     async fn run(self, id: String) {
-        let Some(created) = self.prediction(&id) else {
+        // The input alone: a life that waits for minutes keeps no copy of the whole prediction.
+        let Some(input) = self.prediction(&id).map(|p| p["input"].clone()) else {
             return;
         };
-        let input = &created["input"];
         let number = |key: &str, default: u64| input[key].as_u64().unwrap_or(default);
         let (steps, step, start) = (
             number("steps", 2),
@@ -364,7 +364,9 @@ impl FakeReplicate {
         }) else {
             return;
         };
-        self.webhook(&started, "start").await;
+        // Each webhook boxed: a life waits for minutes at times, and its future would otherwise
+        // hold a webhook's whole call (the HTTP client's) all along, some kilobytes each.
+        Box::pin(self.webhook(&started, "start")).await;
         for i in 1..=steps {
             tokio::time::sleep(step).await;
             let Some(stepped) = self.advance(&id, |p| {
@@ -376,7 +378,7 @@ impl FakeReplicate {
             }) else {
                 return;
             };
-            self.webhook(&stepped, "logs").await;
+            Box::pin(self.webhook(&stepped, "logs")).await;
         }
         let fail = input["fail"].as_bool().unwrap_or(false);
         let output = if !input["output"].is_null() {
@@ -403,7 +405,7 @@ impl FakeReplicate {
         }) else {
             return;
         };
-        self.webhook(&done, "completed").await;
+        Box::pin(self.webhook(&done, "completed")).await;
     }
 
     /// Changes a prediction that is not terminal; `None` once it is (canceled meanwhile).
@@ -650,7 +652,9 @@ async fn gatekeeper(
         authorization: header("authorization"),
         prefer: header("prefer"),
         cancel_after: header("cancel-after"),
-        body: body.clone(),
+        // A copy: the body as read is a slice of the connection's read buffer, and a record that
+        // kept it would keep the whole buffer alive (some 16 KiB for each request seen).
+        body: Bytes::copy_from_slice(&body),
     });
     let slow = lock(&fake.0.faults).slow;
     if let Some(delay) = slow {
