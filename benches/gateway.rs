@@ -150,37 +150,59 @@ struct Create {
     commit: Duration,
 }
 
-/// `concurrency` tasks creating at `url` for `seconds`.
+/// `concurrency` tasks creating at `url` for `seconds`, each on a keep-alive connection of its own.
+///
+/// The load shares the two cores with the service, and its wait to be scheduled counts in the
+/// rest: so each task sends one request built once, over hyper's bare HTTP/1 connection, with
+/// nothing of a client's pool, redirect policy or per-request URL parsing.
 async fn creates(url: &str, token: &str, concurrency: usize, seconds: u64) -> Vec<Create> {
-    let client = reqwest::Client::new();
+    let url: hyper::Uri = url.parse().unwrap();
+    let authority = url.authority().unwrap().to_string();
+    // A model that stays `starting` for the whole run: the creates alone are measured.
+    let body =
+        bytes::Bytes::from(json!({"version": VERSION, "input": {"start_ms": 600_000}}).to_string());
+    let request = hyper::Request::post(url.path())
+        .header("host", &authority)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
     let until = Instant::now() + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, url, token) = (client.clone(), url.to_owned(), token.to_owned());
+            let (authority, body) = (authority.clone(), body.clone());
+            let (parts, ()) = request.clone().into_parts();
             tokio::spawn(async move {
-                let mut done = Vec::new();
-                // A model that stays `starting` for the whole run: the creates alone are measured.
-                let body = json!({"version": VERSION, "input": {"start_ms": 600_000}});
-                while Instant::now() < until {
-                    let started = Instant::now();
-                    let answer = client
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .json(&body)
-                        .send()
+                let stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                         .await
                         .unwrap();
+                tokio::spawn(connection);
+                let mut done = Vec::new();
+                while Instant::now() < until {
+                    let request = hyper::Request::from_parts(
+                        parts.clone(),
+                        axum::body::Body::from(body.clone()),
+                    );
+                    let started = Instant::now();
+                    let answer = sender.send_request(request).await.unwrap();
+                    let (answer, incoming) = answer.into_parts();
+                    let read = axum::body::to_bytes(axum::body::Body::new(incoming), 1 << 20)
+                        .await
+                        .unwrap();
+                    let total = started.elapsed();
+                    assert_eq!(answer.status, 201, "{}", String::from_utf8_lossy(&read));
                     let timing = answer
-                        .headers()
+                        .headers
                         .get("server-timing")
-                        .map(|v| v.to_str().unwrap().to_owned())
+                        .and_then(|v| v.to_str().ok())
                         .unwrap_or_default();
-                    assert_eq!(answer.status(), 201, "{}", answer.text().await.unwrap());
-                    answer.bytes().await.unwrap();
                     done.push(Create {
-                        total: started.elapsed(),
-                        upstream: server_timing(&timing, "upstream"),
-                        commit: server_timing(&timing, "commit"),
+                        total,
+                        upstream: server_timing(timing, "upstream"),
+                        commit: server_timing(timing, "commit"),
                     });
                 }
                 done
