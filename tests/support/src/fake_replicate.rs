@@ -653,7 +653,7 @@ async fn gatekeeper(
         prefer: header("prefer"),
         cancel_after: header("cancel-after"),
         // A copy: the body as read is a slice of the connection's read buffer, and a record that
-        // kept it would keep the whole buffer alive (some 16 KiB for each request seen).
+        // kept it would keep the whole buffer alive (kilobytes for each request seen).
         body: Bytes::copy_from_slice(&body),
     });
     let slow = lock(&fake.0.faults).slow;
