@@ -50,6 +50,12 @@ const QUEUE_WAIT: Duration = Duration::from_secs(5);
 /// Failures a test makes happen in the writer, by what the deliveries hold. The service never sets
 /// one; tests do, through `startup::Application::build_with_faults`.
 pub trait Faults: Send + Sync + 'static {
+    /// What the writer waits for before it takes each batch off the queue: deliveries keep
+    /// arriving, and holding their bodies, meanwhile.
+    fn hold(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// When the writer takes a batch off the queue; a panic here kills the writer.
     fn take(&self, _batch: &[&NewDelivery]) {}
 
@@ -146,6 +152,9 @@ impl BatchWriter {
                 if got == 0 {
                     return;
                 }
+            }
+            if let Some(faults) = &self.faults {
+                faults.hold().await;
             }
             let batch = take_batch(&mut received);
             if let Some(faults) = &self.faults {

@@ -210,17 +210,22 @@ fn large_prediction(id: &str, bytes: usize, logs: &str) -> String {
     )
 }
 
+/// Large deliveries, as many at once as the budget was sized for, all read whole and held
+/// together before the writer takes any: each gets its own 200.
 async fn many_large_deliveries_at_once_each_get_their_own_200(backend: Backend) {
     const DELIVERIES: usize = 64;
     const BYTES: usize = 16 << 20;
-    let faults = Arc::new(Faulty::default());
+    let (gate, _) = tokio::sync::watch::channel(false);
+    let faults = Arc::new(Faulty {
+        gate: Some(gate),
+        ..Faulty::default()
+    });
+    // Large bodies draw only on what is not kept for small ones, seven eighths of the budget.
+    let budget = (DELIVERIES * (BYTES + REQUEST_COST)).div_ceil(7) * 8;
     let app = spawn_app_with_faults(
         backend,
         &[
-            (
-                "INBOX_MAX_INFLIGHT_BODY_BYTES",
-                &(DELIVERIES * (BYTES + REQUEST_COST) + (64 << 20)).to_string(),
-            ),
+            ("INBOX_MAX_INFLIGHT_BODY_BYTES", &budget.to_string()),
             ("INBOX_REQUEST_TIMEOUT_SECS", "300"),
         ],
         Some(faults.clone()),
@@ -229,11 +234,16 @@ async fn many_large_deliveries_at_once_each_get_their_own_200(backend: Backend) 
     let logs: String = std::iter::repeat_with(fastrand::alphanumeric)
         .take(BYTES)
         .collect();
+    let deliveries: Vec<Delivery> = (0..DELIVERIES)
+        .map(|i| Delivery::new(large_prediction(&format!("large{i}"), BYTES, &logs)))
+        .collect();
+    let charged: usize = deliveries.iter().map(|d| d.body.len() + REQUEST_COST).sum();
+    let (shared, _) = app.bodies.available();
     let app = Arc::new(app);
-    let sending: Vec<_> = (0..DELIVERIES)
-        .map(|i| {
+    let sending: Vec<_> = deliveries
+        .into_iter()
+        .map(|delivery| {
             let app = app.clone();
-            let delivery = Delivery::new(large_prediction(&format!("large{i}"), BYTES, &logs));
             tokio::spawn(async move {
                 let body = bytes::Bytes::from(delivery.body.into_bytes());
                 let response = app
@@ -246,6 +256,15 @@ async fn many_large_deliveries_at_once_each_get_their_own_200(backend: Backend) 
             })
         })
         .collect();
+    // Until every body is held, or one is answered (refused: the writer takes nothing yet).
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while app.bodies.available().0 + charged != shared
+        && !sending.iter().any(tokio::task::JoinHandle::is_finished)
+    {
+        assert!(Instant::now() < deadline, "the bodies never all arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    faults.gate.as_ref().unwrap().send_replace(true);
     for task in sending {
         let (status, text) = task.await.unwrap();
         assert_eq!(status, StatusCode::OK, "{text}");

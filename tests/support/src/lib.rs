@@ -20,6 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use prediction_inbox::config::{Settings, Source};
 use prediction_inbox::http::BodyBudget;
 use prediction_inbox::ingest::{Faults, Writer};
@@ -334,6 +335,8 @@ pub struct Faulty {
     pub killer: Option<&'static str>,
     pub killed: AtomicBool,
     pub taken: std::sync::Mutex<Vec<Vec<String>>>,
+    /// While this says `false`, the writer takes no batch.
+    pub gate: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Faulty {
@@ -347,6 +350,18 @@ impl Faulty {
 }
 
 impl Faults for Faulty {
+    fn hold(&self) -> BoxFuture<'static, ()> {
+        let mut open = self
+            .gate
+            .as_ref()
+            .map(tokio::sync::watch::Sender::subscribe);
+        Box::pin(async move {
+            if let Some(open) = &mut open {
+                let _ = open.wait_for(|open| *open).await;
+            }
+        })
+    }
+
     fn take(&self, batch: &[&NewDelivery]) {
         let ids: Vec<String> = batch.iter().map(|d| d.prediction.id.to_string()).collect();
         let kill = self
