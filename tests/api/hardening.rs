@@ -213,7 +213,7 @@ fn large_prediction(id: &str, bytes: usize, logs: &str) -> String {
 /// Large deliveries, as many at once as the budget was sized for, all read whole and held
 /// together before the writer takes any: each gets its own 200.
 async fn many_large_deliveries_at_once_each_get_their_own_200(backend: Backend) {
-    const DELIVERIES: usize = 64;
+    const DELIVERIES: usize = 16;
     const BYTES: usize = 16 << 20;
     let (gate, _) = tokio::sync::watch::channel(false);
     let faults = Arc::new(Faulty {
@@ -381,7 +381,7 @@ async fn a_batch_runs_until_its_deadline_past_the_reads_statement_timeout() {
 }
 
 mod many_large_deliveries_at_once {
-    // Clients and service on threads of their own: a gigabyte goes through both.
+    // Clients and service on threads of their own: a quarter of a gigabyte goes through both.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
         super::many_large_deliveries_at_once_each_get_their_own_200(super::Backend::Postgres).await;
