@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use prediction_inbox::retention::{self, Policy};
-use prediction_inbox::store::Pruned;
+use prediction_inbox::store::{DatabaseUrl, Pruned};
 use reqwest::StatusCode;
 use serde_json::Value;
 use support::{Backend, Delivery, TestApp, assert_problem, now, prediction, spawn_app};
@@ -397,6 +397,32 @@ async fn one_replica_at_a_time_holds_the_pruners_lease() {
     assert!(!one.lease("a test's lease", "one", ttl).await.unwrap());
     one.close().await;
     other.close().await;
+}
+
+/// On a role that owns its database and is no superuser, as on a managed server, the service
+/// migrates its database, records deliveries and prunes them (`brin_summarize_new_values` among
+/// what a slice runs).
+#[tokio::test]
+async fn a_role_that_is_no_superuser_records_and_prunes() {
+    let (app, url) = support::spawn_app_as_plain_role().await;
+    a_life(&app, "r1").await;
+    let other = Delivery::new(prediction("r2", "starting", ""));
+    assert_eq!(app.deliver(&other).await, "applied");
+    let store = prediction_inbox::store::open(&DatabaseUrl::Postgres(url), 2)
+        .await
+        .expect("open the store as the role");
+    let later = OffsetDateTime::now_utc() + 31 * DAY;
+    let pruned = retention::prune_all(&*store, &POLICY, later, false)
+        .await
+        .expect("prune as the role");
+    assert_eq!(
+        pruned,
+        Pruned {
+            deliveries: 6,
+            bodies: 0
+        }
+    );
+    store.close().await;
 }
 
 /// On SQLite, dropped bodies give their pages back: the records that stay are packed together, so

@@ -109,6 +109,16 @@ impl TestDatabase {
             .expect("connect to the test database")
     }
 
+    /// Gives the database to a role of its own, named after it, that is no superuser: what a
+    /// managed server gives a service. Answers the URL that connects as that role.
+    pub async fn plain_owner(&self) -> String {
+        self.admin(r#"CREATE ROLE "{db}" LOGIN; ALTER DATABASE "{db}" OWNER TO "{db}""#)
+            .await;
+        let mut url = url::Url::parse(&self.url).expect("the database's URL");
+        url.set_username(&self.name).expect("a URL with a user");
+        url.to_string()
+    }
+
     /// Runs SQL as the server's administrator (outside the test database).
     pub async fn admin(&self, sql: &str) {
         let mut connection = PgConnection::connect(&self.admin_url)
@@ -133,6 +143,9 @@ impl Drop for TestDatabase {
             runtime.block_on(async {
                 let mut connection = PgConnection::connect(&admin_url).await.ok()?;
                 let sql = format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#);
+                connection.execute(sql.as_str()).await.ok()?;
+                // The database's own role, if it was given one (`plain_owner`).
+                let sql = format!(r#"DROP ROLE IF EXISTS "{name}""#);
                 connection.execute(sql.as_str()).await.ok()
             })
         })
@@ -482,6 +495,18 @@ pub async fn spawn_app_with_faults(
     let store = TestStore::create(backend).await;
     let instance = start(&store.url(), overrides, faults).await;
     TestApp::over(store, instance)
+}
+
+/// An app on Postgres whose role owns its database and is no superuser (see `plain_owner`),
+/// with that role's URL.
+pub async fn spawn_app_as_plain_role() -> (TestApp, String) {
+    let store = TestStore::create(Backend::Postgres).await;
+    let TestStore::Postgres { db, .. } = &store else {
+        unreachable!("a Postgres store")
+    };
+    let url = db.plain_owner().await;
+    let instance = start(&url, &[], None).await;
+    (TestApp::over(store, instance), url)
 }
 
 /// An app whose gateway calls `fake`, with `CREATE_TOKEN` among its tokens, and the reconciler
