@@ -23,6 +23,9 @@ pub const POSTGRES_BATCH_STATEMENT: &str = postgres::RECORD;
 /// The settings of the Postgres connection that runs it.
 pub const POSTGRES_WRITER_SETTINGS: [(&str, &str); 3] = postgres::WRITER_SETTINGS;
 
+/// A slice of retention's walk through the records on Postgres: for a test of its plan.
+pub const POSTGRES_PRUNE_STATEMENT: &str = postgres::PRUNE_DELIVERIES;
+
 /// The statement by which the archiver, each second, finds which of the predictions it heard
 /// finish have files to queue, on Postgres: for a test of its plan.
 pub fn postgres_archive_lookup() -> &'static str {

@@ -425,6 +425,40 @@ async fn a_role_that_is_no_superuser_records_and_prunes() {
     store.close().await;
 }
 
+/// On Postgres the records' walk removes the rows by their address, never through the
+/// `webhook_id` key, whose scattered pages each slice would read by the hundred.
+#[tokio::test]
+async fn the_records_walk_removes_rows_by_their_address() {
+    use prediction_inbox::store::POSTGRES_PRUNE_STATEMENT;
+    use sqlx::Connection;
+
+    let db = support::TestDatabase::create().await;
+    let store = prediction_inbox::store::open(&DatabaseUrl::Postgres(db.url.clone()), 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mut connection = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    // A table of some size, analysed: on an empty one any plan is as cheap as another.
+    sqlx::raw_sql(
+        "INSERT INTO deliveries (webhook_id, prediction_id, webhook_timestamp, applied, body) \
+         SELECT 'msg_' || md5(g::text), 'p' || g / 10, 0, false, repeat('x', 800) \
+         FROM generate_series(1, 20000) AS g; \
+         ANALYZE deliveries",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    let plan = support::generic_plan(
+        &mut connection,
+        POSTGRES_PRUNE_STATEMENT,
+        "'2026-01-01', '', '2026-01-02', 500",
+    )
+    .await;
+    assert!(plan.contains("Tid Scan on deliveries d"), "{plan}");
+    assert!(!plan.contains("deliveries_pkey"), "{plan}");
+    store.close().await;
+}
+
 /// On SQLite, dropped bodies give their pages back: the records that stay are packed together, so
 /// the file reuses the space for the next day's deliveries instead of growing by it.
 #[tokio::test]

@@ -951,7 +951,7 @@ macro_rules! delivery_status {
 macro_rules! prune_candidates {
     () => {
         "WITH candidates AS (
-            SELECT webhook_id, prediction_id, received_at FROM deliveries
+            SELECT ctid, webhook_id, prediction_id, received_at FROM deliveries
             WHERE received_at >= $1 AND received_at < $3 AND (received_at, webhook_id) > ($1, $2)
             ORDER BY received_at, webhook_id
             LIMIT $4
@@ -964,13 +964,18 @@ macro_rules! prune_candidates {
 
 /// A slice of the records' walk: removes every candidate but the latest states'. Answers how
 /// many it looked at and removed, and the last one it looked at.
-const PRUNE_DELIVERIES: &str = concat!(
+///
+/// The rows go by their address (`ctid`), as the candidates' scan found them, in the statement's
+/// one snapshot. Looked up again by `webhook_id`, each slice read some 500 pages of that key's
+/// index, scattered as the ids are random, and a pass pushed what ingest works on out of the
+/// server's cache (docs/benchmarks.md, "Space and retention").
+pub(super) const PRUNE_DELIVERIES: &str = concat!(
     prune_candidates!(),
     ", removed AS (
-        DELETE FROM deliveries AS d USING candidates AS c
-        WHERE d.webhook_id = c.webhook_id AND NOT ",
+        DELETE FROM deliveries AS d
+        WHERE d.ctid = ANY(ARRAY(SELECT c.ctid FROM candidates AS c WHERE NOT ",
     is_latest!("c"),
-    "
+    "))
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM removed),
