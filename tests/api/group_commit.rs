@@ -287,7 +287,7 @@ async fn a_closed_store_writes_nothing_and_leaves_no_connection_open() {
     use prediction_inbox::domain::{Prediction, WebhookId};
     use prediction_inbox::store::NewDelivery;
 
-    let (db, store) = migrated_postgres_store().await;
+    let (db, store) = support::migrated_postgres_store().await;
     let delivery = |webhook_id: &str| {
         let body = prediction("p1", "starting", "");
         let prediction = Prediction::parse(&body).unwrap();
@@ -345,7 +345,7 @@ async fn the_batch_statement_finds_predictions_by_key_in_a_plan_made_on_an_empty
     use sqlx::Connection;
     use sqlx::postgres::{PgConnectOptions, PgConnection};
 
-    let (db, _store) = migrated_postgres_store().await;
+    let (db, _store) = support::migrated_postgres_store().await;
     let options: PgConnectOptions = db.url.parse().unwrap();
     let mut connection = PgConnection::connect_with(&options.options(POSTGRES_WRITER_SETTINGS))
         .await
@@ -362,19 +362,4 @@ async fn the_batch_statement_finds_predictions_by_key_in_a_plan_made_on_an_empty
         "{plan}"
     );
     assert!(!plan.contains("Seq Scan on predictions"), "{plan}");
-}
-
-/// A fresh Postgres database with the service's tables, and the store over it.
-async fn migrated_postgres_store() -> (
-    support::TestDatabase,
-    std::sync::Arc<dyn prediction_inbox::store::Store>,
-) {
-    use prediction_inbox::store::{self, DatabaseUrl};
-
-    let db = support::TestDatabase::create().await;
-    let store = store::open(&DatabaseUrl::Postgres(db.url.clone()), 2)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    (db, store)
 }

@@ -432,11 +432,7 @@ async fn the_records_walk_removes_rows_by_their_address() {
     use prediction_inbox::store::POSTGRES_PRUNE_STATEMENT;
     use sqlx::Connection;
 
-    let db = support::TestDatabase::create().await;
-    let store = prediction_inbox::store::open(&DatabaseUrl::Postgres(db.url.clone()), 2)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let (db, store) = support::migrated_postgres_store().await;
     let mut connection = sqlx::PgConnection::connect(&db.url).await.unwrap();
     // A table of some size, analysed: on an empty one any plan is as cheap as another.
     sqlx::raw_sql(

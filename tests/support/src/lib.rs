@@ -497,6 +497,18 @@ pub async fn spawn_app_with_faults(
     TestApp::over(store, instance)
 }
 
+/// A fresh Postgres database with the service's tables, and the store over it.
+pub async fn migrated_postgres_store() -> (TestDatabase, Arc<dyn Store>) {
+    use prediction_inbox::store::DatabaseUrl;
+
+    let db = TestDatabase::create().await;
+    let store = prediction_inbox::store::open(&DatabaseUrl::Postgres(db.url.clone()), 2)
+        .await
+        .expect("open the store");
+    store.migrate().await.expect("migrate");
+    (db, store)
+}
+
 /// An app on Postgres whose role owns its database and is no superuser (see `plain_owner`),
 /// with that role's URL.
 pub async fn spawn_app_as_plain_role() -> (TestApp, String) {
