@@ -966,9 +966,9 @@ macro_rules! prune_candidates {
 /// many it looked at and removed, and the last one it looked at.
 ///
 /// The rows go by their address (`ctid`), as the candidates' scan found them, in the statement's
-/// one snapshot. Looked up again by `webhook_id`, each slice read some 500 pages of that key's
-/// index, scattered as the ids are random, and a pass pushed what ingest works on out of the
-/// server's cache (docs/benchmarks.md, "Space and retention").
+/// one snapshot: looked up again by `webhook_id`, each removal was a lookup in that key's index,
+/// whose pages are scattered as the ids are random (on a cold cache, some 500 pages read a slice;
+/// docs/benchmarks.md, "Space and retention").
 pub(super) const PRUNE_DELIVERIES: &str = concat!(
     prune_candidates!(),
     ", removed AS (
