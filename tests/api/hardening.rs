@@ -257,13 +257,11 @@ async fn many_large_deliveries_at_once_each_get_their_own_200(backend: Backend) 
         })
         .collect();
     // Until every body is held, or one is answered (refused: the writer takes nothing yet).
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while app.bodies.available().0 + charged != shared
-        && !sending.iter().any(tokio::task::JoinHandle::is_finished)
-    {
-        assert!(Instant::now() < deadline, "the bodies never all arrived");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("every body held, or one refused", || async {
+        app.bodies.available().0 + charged == shared
+            || sending.iter().any(tokio::task::JoinHandle::is_finished)
+    })
+    .await;
     faults.gate.as_ref().unwrap().send_replace(true);
     for task in sending {
         let (status, text) = task.await.unwrap();
