@@ -149,8 +149,9 @@ pub struct ArchiveUsage {
 }
 
 /// `BODY` is each backend's way to the latest state's body. Postgres finds the deliveries by
-/// time in its BRIN index, SQLite in a partial index of the succeeded ones: both need the plain
-/// `received_at >= $1`, which they can use, beside the row comparison, which they cannot.
+/// time in its B-tree on `received_at`, SQLite in a partial index of the succeeded ones: both
+/// need the plain `received_at >= $1`, which they can use, beside the row comparison, which they
+/// cannot.
 pub(super) const CANDIDATES: &str = "\
     SELECT d.received_at, d.webhook_id, p.id, p.status, p.created_at, BODY AS body \
     FROM deliveries AS d JOIN predictions AS p ON p.id = d.prediction_id \

@@ -455,6 +455,77 @@ async fn the_records_walk_removes_rows_by_their_address() {
     store.close().await;
 }
 
+/// On Postgres a slice of the records' walk reads the pages of the rows it takes, however the
+/// table is laid out. Once a pass has freed old pages and new deliveries have filled them beside
+/// the records that stay, each of those pages holds days from the first to today: an index of
+/// page ranges by time (BRIN) then sent every slice through the whole of the pruned part.
+#[tokio::test]
+async fn a_slice_reads_its_own_rows_once_freed_pages_are_filled_again() {
+    use prediction_inbox::store::POSTGRES_PRUNE_STATEMENT;
+    use sqlx::{Connection, Executor};
+
+    let (db, store) = support::migrated_postgres_store().await;
+    let mut connection = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let deliveries = |prefix: &str, from: &str, count: i32| {
+        format!(
+            "INSERT INTO deliveries \
+                 (webhook_id, prediction_id, webhook_timestamp, received_at, applied, body) \
+             SELECT format('msg_{prefix}_%s', lpad(g::text, 6, '0')), '{prefix}' || g / 10, 0, \
+                    '{from}'::timestamptz + g * interval '1 millisecond', false, repeat('x', 800) \
+             FROM generate_series(1, {count}) AS g"
+        )
+    };
+    // 40,000 records in January, about 4,500 pages; then a pass through the first half, which
+    // keeps one in ten, and March's deliveries in the space it freed.
+    for sql in [
+        deliveries("jan", "2026-01-01", 40_000),
+        "DELETE FROM deliveries WHERE received_at < '2026-01-01 00:00:20' \
+             AND right(webhook_id, 1) <> '9'"
+            .to_owned(),
+        "VACUUM deliveries".to_owned(),
+        deliveries("mar", "2026-03-01", 15_000),
+        "ANALYZE deliveries".to_owned(),
+    ] {
+        connection.execute(sql.as_str()).await.unwrap();
+    }
+    let placed: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT (ctid::text::point)[0]) FROM deliveries \
+         WHERE received_at < '2026-01-01 00:00:20' OR webhook_id LIKE 'msg_mar_%'",
+    )
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    assert!(
+        placed < 3_000,
+        "March filled the freed pages: {placed} pages"
+    );
+
+    // A slice of 500 in the second half of January: some 60 pages of rows.
+    let plan = support::generic_plan_run(
+        &mut connection,
+        POSTGRES_PRUNE_STATEMENT,
+        "'2026-01-01 00:00:30', '', '2026-01-02', 500",
+    )
+    .await;
+    let candidates = plan
+        .split_once("CTE candidates")
+        .and_then(|(_, rest)| rest.split_once("Buffers: shared "))
+        .map(|(_, buffers)| buffers.lines().next().unwrap_or_default())
+        .unwrap_or_else(|| panic!("no buffers for the candidates in {plan}"));
+    let pages: i64 = candidates
+        .split([' ', ','])
+        .filter_map(|count| match count.split_once('=')? {
+            ("hit" | "read", pages) => pages.parse::<i64>().ok(),
+            _ => None,
+        })
+        .sum();
+    assert!(
+        pages < 200,
+        "{pages} pages read for a slice of 500:\n{plan}"
+    );
+    store.close().await;
+}
+
 /// On SQLite, dropped bodies give their pages back: the records that stay are packed together, so
 /// the file reuses the space for the next day's deliveries instead of growing by it.
 #[tokio::test]

@@ -102,8 +102,6 @@ pub struct Postgres {
     writes: Mutex<Option<PgConnection>>,
     /// The last id of `predictions` the backfill has been through; `None` once it is done.
     backfilled: Mutex<Option<String>>,
-    /// The span of time retention's next slice looks at (see `PRUNE_WINDOW`).
-    prune_window: Mutex<Duration>,
 }
 
 impl Postgres {
@@ -126,7 +124,6 @@ impl Postgres {
             writes: Mutex::new(None),
             // Every id is greater than the empty string.
             backfilled: Mutex::new(Some(String::new())),
-            prune_window: Mutex::new(PRUNE_WINDOW),
         })
     }
 }
@@ -517,13 +514,6 @@ impl DueRow {
     }
 }
 
-/// The span of arrival times one slice of retention looks at first. It halves after a slice that
-/// found more deliveries than it takes and doubles after one that found fewer, so that a slice
-/// sorts about as many rows as it removes however busy that hour was.
-const PRUNE_WINDOW: Duration = Duration::from_secs(60);
-const PRUNE_WINDOW_MIN: Duration = Duration::from_millis(1);
-const PRUNE_WINDOW_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
-
 impl Postgres {
     /// One slice of `walk`: the deliveries from where it has got to (or `floor`, if later) up to
     /// `until`, at most `PRUNE_SLICE` of them, in one transaction with its new place.
@@ -533,15 +523,9 @@ impl Postgres {
         until: OffsetDateTime,
         floor: Option<OffsetDateTime>,
     ) -> Result<Slice, StoreError> {
-        // Held throughout: one slice at a time in this process.
-        let mut window = self.prune_window.lock().await;
         let mut tx = self.pool.begin().await?;
-        // A range of pages the BRIN index has not summarised matches every window, so each
-        // slice would read everything written since the last summary. Only what is new is read
-        // here.
-        sqlx::query("SELECT brin_summarize_new_values('deliveries_received_brin')")
-            .execute(&mut *tx)
-            .await?;
+        // Once the walk has a place, another runner's slice of it (`prune` beside `serve`)
+        // waits here until this one has committed the next.
         let place: Option<(Option<OffsetDateTime>, Option<String>)> = sqlx::query_as(
             "SELECT through_at, through_id FROM background_work WHERE name = $1 FOR UPDATE",
         )
@@ -565,7 +549,6 @@ impl Postgres {
         if at >= until {
             return Ok(Slice::default());
         }
-        let end = until.min(at + *window);
         let statement = match walk {
             Walk::Deliveries => PRUNE_DELIVERIES,
             Walk::Bodies => PRUNE_BODIES,
@@ -573,27 +556,22 @@ impl Postgres {
         let mut statement = sqlx::query_as(statement)
             .bind(at)
             .bind(&id)
-            .bind(end)
+            .bind(until)
             .bind(store::PRUNE_SLICE);
         if let Walk::Bodies = walk {
             statement = statement.bind(Status::terminal_names());
         }
         let (seen, removed, last_at, last_id): (i64, i64, Option<OffsetDateTime>, Option<String>) =
             statement.fetch_one(&mut *tx).await?;
-        let now = OffsetDateTime::now_utc();
         let (next_at, next_id, more) = match (last_at, last_id) {
             (Some(last_at), Some(last_id)) if seen >= store::PRUNE_SLICE => {
-                *window = (*window / 2).max(PRUNE_WINDOW_MIN);
                 (last_at, last_id, true)
             }
-            // The whole window is done; nothing can be found past now. (A delivery still
-            // committing with a time the walk has passed is found when the walk next starts from
-            // the oldest, `Store::rewind`; only a clock ahead of time, `prune --now`, passes
-            // such times at all: the shipped retention looks an hour back at least.)
-            _ => {
-                *window = (*window * 2).min(PRUNE_WINDOW_MAX);
-                (end, String::new(), end < until && end < now)
-            }
+            // Everything before `until` is done. (A delivery still committing with a time the
+            // walk has passed is found when the walk next starts from the oldest,
+            // `Store::rewind`; only a clock ahead of time, `prune --now`, passes such times at
+            // all: the shipped retention looks an hour back at least.)
+            _ => (until, String::new(), false),
         };
         sqlx::query(
             "INSERT INTO background_work (name, through_at, through_id) VALUES ($1, $2, $3) \
@@ -947,7 +925,7 @@ macro_rules! delivery_status {
 }
 
 /// The next deliveries of a walk: after ($1, $2), before $3, at most $4, in arrival order. The
-/// BRIN index on `received_at` finds the window.
+/// B-tree on `received_at` hands them over in that order, ties sorted by key as they come.
 macro_rules! prune_candidates {
     () => {
         "WITH candidates AS (

@@ -308,6 +308,28 @@ pub async fn generic_plan(
     statement: &str,
     arguments: &str,
 ) -> String {
+    explain_generic(connection, statement, arguments, "").await
+}
+
+/// `generic_plan`, run in a transaction then rolled back, with the pages each step touched
+/// (`EXPLAIN (ANALYZE, BUFFERS)`).
+pub async fn generic_plan_run(
+    connection: &mut PgConnection,
+    statement: &str,
+    arguments: &str,
+) -> String {
+    connection.execute("BEGIN").await.expect("begin");
+    let plan = explain_generic(connection, statement, arguments, "(ANALYZE, BUFFERS) ").await;
+    connection.execute("ROLLBACK").await.expect("roll back");
+    plan
+}
+
+async fn explain_generic(
+    connection: &mut PgConnection,
+    statement: &str,
+    arguments: &str,
+    options: &str,
+) -> String {
     connection
         .execute("SET plan_cache_mode = force_generic_plan")
         .await
@@ -316,10 +338,11 @@ pub async fn generic_plan(
         .execute(format!("PREPARE planned AS {statement}").as_str())
         .await
         .expect("prepare the statement");
-    let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE planned({arguments})"))
-        .fetch_all(&mut *connection)
-        .await
-        .expect("explain the statement");
+    let lines: Vec<String> =
+        sqlx::query_scalar(&format!("EXPLAIN {options}EXECUTE planned({arguments})"))
+            .fetch_all(&mut *connection)
+            .await
+            .expect("explain the statement");
     lines.join("\n")
 }
 

@@ -1,0 +1,11 @@
+-- no-transaction
+-- The pruner and the archiver's sweep walk deliveries by the time they arrived, in slices. The
+-- BRIN index that found a window of time did so only while rows lay in the table in time order:
+-- once retention frees space in old pages, new deliveries fill it beside the records that stay
+-- (each prediction's latest state, however old), and every range of pages spans from that day to
+-- today. Each slice then read every such range: the whole of the table's pruned part, however
+-- few rows it took (docs/benchmarks.md, "Space and retention"). A B-tree finds the slice's rows
+-- and no others whatever the layout, and its entries are appended at its right edge, as
+-- deliveries arrive in time order. Built CONCURRENTLY for the reasons given in
+-- `deliveries_by_time`; the same remedy applies.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS deliveries_received_idx ON deliveries (received_at);
