@@ -363,3 +363,33 @@ async fn the_batch_statement_finds_predictions_by_key_in_a_plan_made_on_an_empty
     );
     assert!(!plan.contains("Seq Scan on predictions"), "{plan}");
 }
+
+/// On SQLite, what a commit writes to the write-ahead log reaches the database file without a
+/// commit copying it: left to the writer, the commit that took the log past a thousand pages
+/// copied it into the file and synced it, and every delivery behind it waited.
+#[tokio::test]
+async fn on_sqlite_the_log_reaches_the_file_off_the_writers_path() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let support::TestStore::Sqlite { file, .. } = &app.store else {
+        unreachable!("a SQLite app");
+    };
+    for p in 0..3 {
+        let delivery = Delivery::new(prediction(&format!("p{p}"), "starting", ""));
+        assert_eq!(app.deliver(&delivery).await, "applied");
+    }
+    // Opened `immutable`, SQLite reads the file alone and never its log.
+    let in_the_file = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file.path)
+        .read_only(true)
+        .immutable(true);
+    support::eventually("the three deliveries are in the file itself", || async {
+        let Ok(mut connection) = sqlx::ConnectOptions::connect(&in_the_file).await else {
+            return false;
+        };
+        let counted = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM deliveries")
+            .fetch_one(&mut connection)
+            .await;
+        matches!(counted, Ok(3))
+    })
+    .await;
+}

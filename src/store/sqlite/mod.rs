@@ -28,6 +28,13 @@ use crate::store::{
 
 /// How long a statement waits for a lock another process holds on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the write-ahead log is copied into the file, off the writer's path (see
+/// `copy_the_log`).
+const COPY_THE_LOG_EVERY: Duration = Duration::from_millis(250);
+/// The log's size, in pages, past which the writer's own commit copies it, should the copier fall
+/// behind: ten times SQLite's default, which made the commit that crossed it, and every delivery
+/// behind it, wait for the copy and its sync.
+const WRITER_AUTOCHECKPOINT: &str = "10000";
 /// Changes a slow listener may fall behind by before it is told it missed some.
 const CHANGES_BACKLOG: usize = 4096;
 
@@ -40,6 +47,16 @@ pub struct Sqlite {
     changes: broadcast::Sender<Change>,
     /// The last rowid of `predictions` the backfill has been through; `None` once it is done.
     backfilled: Mutex<Option<i64>>,
+    /// The task that copies the write-ahead log into the file (`copy_the_log`), and its
+    /// connection.
+    log_copier: tokio::task::AbortHandle,
+    copier: SqlitePool,
+}
+
+impl Drop for Sqlite {
+    fn drop(&mut self) {
+        self.log_copier.abort();
+    }
 }
 
 impl Sqlite {
@@ -64,6 +81,16 @@ impl Sqlite {
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .test_before_acquire(false)
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT),
+            )
+            .await?;
+        let copier = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         let readers = SqlitePoolOptions::new()
@@ -78,7 +105,44 @@ impl Sqlite {
             readers,
             changes: broadcast::channel(CHANGES_BACKLOG).0,
             backfilled: Mutex::new(Some(0)),
+            log_copier: tokio::spawn(copy_the_log(copier.clone())).abort_handle(),
+            copier,
         })
+    }
+}
+
+/// Copies what the write-ahead log holds into the file every `COPY_THE_LOG_EVERY`, as far as no
+/// reader still needs the file as it was (a passive checkpoint: it waits for nobody, and nobody
+/// waits for it). Left to the writer, the commit that takes the log past SQLite's threshold
+/// does the copy and syncs the file, with every delivery queued behind it waiting.
+///
+/// The writer starts the log again from its beginning only once a copy has caught up with it.
+/// Commits go on during a copy, so the copier goes again at once over what they added, a much
+/// shorter copy, a few times at most.
+async fn copy_the_log(connection: SqlitePool) {
+    const ROUNDS: usize = 4;
+    let mut every = tokio::time::interval(COPY_THE_LOG_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        for _ in 0..ROUNDS {
+            // Whether a checkpoint was already running, the log's pages, and those copied.
+            let copied = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&connection)
+                .await;
+            match copied {
+                Ok((0, log, copied)) if copied < log => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "could not copy the write-ahead log into the database file; the writer \
+                         copies it once it is large"
+                    );
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -411,6 +475,8 @@ impl Store for Sqlite {
     }
 
     async fn close(&self) {
+        self.log_copier.abort();
+        self.copier.close().await;
         self.writer.close().await;
         self.readers.close().await;
     }
