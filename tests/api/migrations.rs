@@ -430,9 +430,9 @@ async fn a_prediction_in_flight_is_updated_without_new_index_entries() {
 }
 
 /// The indexes retention and the history need are built, and the one they replaced dropped, while
-/// deliveries go on being written: a
-/// transaction that wrote to `deliveries` and stays open holds the build up, and meanwhile another
-/// delivery is recorded (a plain `CREATE INDEX` would queue it behind the build).
+/// deliveries go on being written: a transaction that wrote to `deliveries` and stays open holds
+/// the build up, and meanwhile another delivery is recorded (a plain `CREATE INDEX` would queue it
+/// behind the build).
 #[tokio::test]
 async fn retentions_indexes_are_built_while_deliveries_are_written() {
     let db = migrated_before(RETENTION_INDEXES).await;

@@ -497,7 +497,8 @@ async fn a_slice_reads_its_own_rows_once_freed_pages_are_filled_again() {
     .unwrap();
     assert!(
         placed < 3_000,
-        "March filled the freed pages: {placed} pages"
+        "March's deliveries did not go into the freed pages: with January's first half they \
+         take {placed} pages"
     );
 
     // A slice of 500 in the second half of January: some 60 pages of rows.

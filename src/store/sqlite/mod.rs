@@ -118,7 +118,9 @@ impl Sqlite {
 ///
 /// The writer starts the log again from its beginning only once a copy has caught up with it.
 /// Commits go on during a copy, so the copier goes again at once over what they added, a much
-/// shorter copy, a few times at most.
+/// shorter copy, a few times at most. Under a steady stream of commits it still seldom catches
+/// up in time, and the log grows to `WRITER_AUTOCHECKPOINT` pages, where the writer's own copy
+/// finds little left to do (docs/benchmarks.md, "Space and retention").
 async fn copy_the_log(connection: SqlitePool) {
     const ROUNDS: usize = 4;
     let mut every = tokio::time::interval(COPY_THE_LOG_EVERY);
