@@ -24,7 +24,7 @@ use futures_util::future::BoxFuture;
 use prediction_inbox::config::{Settings, Source};
 use prediction_inbox::http::BodyBudget;
 use prediction_inbox::ingest::{Faults, Writer};
-use prediction_inbox::startup::Application;
+use prediction_inbox::startup::{Application, StartupError};
 use prediction_inbox::store::{NewDelivery, Store, StoreError};
 use prediction_inbox::verify::Secret;
 use prediction_inbox::waiters::Waiters;
@@ -287,9 +287,17 @@ pub async fn start(
     overrides: &[(&str, &str)],
     faults: Option<Arc<dyn Faults>>,
 ) -> Instance {
-    let app = Application::build_with_faults(settings(database_url, overrides), faults)
+    try_start(database_url, overrides, faults)
         .await
-        .expect("build the app");
+        .expect("build the app")
+}
+
+async fn try_start(
+    database_url: &str,
+    overrides: &[(&str, &str)],
+    faults: Option<Arc<dyn Faults>>,
+) -> Result<Instance, StartupError> {
+    let app = Application::build_with_faults(settings(database_url, overrides), faults).await?;
     let instance = Instance {
         address: format!("http://{}", app.local_addr()),
         waiters: app.waiters(),
@@ -297,7 +305,7 @@ pub async fn start(
         writer: app.writer(),
     };
     tokio::spawn(app.run_until(std::future::pending()));
-    instance
+    Ok(instance)
 }
 
 /// The plan Postgres keeps for `statement` once it stops planning each execution anew (the
@@ -563,7 +571,16 @@ pub async fn start_gateway(
     fake: &fake_replicate::FakeReplicate,
     overrides: &[(&str, &str)],
 ) -> Instance {
-    start_gateway_on(bench::free_port(), database_url, fake, overrides).await
+    // The port is chosen before the service binds it, as the webhook URL names it, so another
+    // socket (a test's outgoing connection among them) may take it in between: then another.
+    for _ in 0..10 {
+        match try_start_gateway_on(bench::free_port(), database_url, fake, overrides).await {
+            Err(StartupError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse => {}
+            started => return started.expect("build the app"),
+        }
+    }
+    panic!("ten free ports were taken before the gateway could listen on them")
 }
 
 /// As `start_gateway`, listening on `port`: the webhook URL that predictions created before it
@@ -574,6 +591,17 @@ pub async fn start_gateway_on(
     fake: &fake_replicate::FakeReplicate,
     overrides: &[(&str, &str)],
 ) -> Instance {
+    try_start_gateway_on(port, database_url, fake, overrides)
+        .await
+        .expect("build the app")
+}
+
+async fn try_start_gateway_on(
+    port: u16,
+    database_url: &str,
+    fake: &fake_replicate::FakeReplicate,
+    overrides: &[(&str, &str)],
+) -> Result<Instance, StartupError> {
     let listen = format!("127.0.0.1:{port}");
     let webhook = format!("http://{listen}/webhooks/replicate");
     let mut all = vec![
@@ -588,7 +616,7 @@ pub async fn start_gateway_on(
     ];
     all.retain(|(key, _)| !overrides.iter().any(|(k, _)| k == key));
     all.extend_from_slice(overrides);
-    start(database_url, &all, None).await
+    try_start(database_url, &all, None).await
 }
 
 /// A program of the Python virtualenv that `tests/setup.sh` makes under `target/clients` (the
