@@ -77,28 +77,21 @@ impl Sqlite {
         let path = file.display().to_string();
         // A file does not hang up: no ping (a hop to the connection's thread and back) before
         // each use.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(false)
+        let pool = |connections: u32| {
+            SqlitePoolOptions::new()
+                .max_connections(connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .test_before_acquire(false)
+        };
+        let writer = pool(1)
             .connect_with(
                 options
                     .clone()
                     .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT),
             )
             .await?;
-        let copier = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(false)
-            .connect_with(options.clone())
-            .await?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(readers)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(false)
-            .connect_with(options)
-            .await?;
+        let copier = pool(1).connect_with(options.clone()).await?;
+        let readers = pool(readers).connect_with(options).await?;
         Ok(Self {
             path,
             writer,
