@@ -417,7 +417,16 @@ async fn the_command_beside_serving_replicas_reads_each_prediction_once(backend:
 /// and no other.
 async fn after_an_outage_the_catch_up_imports_what_every_webhook_missed(backend: Backend) {
     let fake = FakeReplicate::start().await;
-    let port = support::bench::free_port();
+    // The inbox's port, held while it is down: a port only found free could be taken by another
+    // test's server meanwhile, and that one would answer the webhooks meant to go nowhere.
+    let down = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = down.local_addr().unwrap().port();
+    let refusing = tokio::spawn(async move {
+        // Each connection is closed unanswered: no status, as from a service that is down.
+        while let Ok((connection, _)) = down.accept().await {
+            drop(connection);
+        }
+    });
     let ours = format!("http://127.0.0.1:{port}/webhooks/replicate");
     let client = reqwest::Client::new();
     let create_at_the_platform = |webhook: String| {
@@ -448,6 +457,9 @@ async fn after_an_outage_the_catch_up_imports_what_every_webhook_missed(backend:
         .await;
     }
     assert!(fake.webhooks_sent().iter().all(|s| s.status == 0));
+    // Awaited once aborted, the task has dropped the listener and the port is free again.
+    refusing.abort();
+    let _ = refusing.await;
     let store = support::TestStore::create(backend).await;
     let quick = [
         ("INBOX_RECONCILE_AFTER", "1s"),
