@@ -590,8 +590,9 @@ struct Record {
     body_size: i64,
 }
 
-/// Drops the body of delivery `rowid`, whose status is `status`: the row is removed and written
-/// again without it, at the same rowid. An `UPDATE` that shrinks a row leaves its page as empty
+/// Drops the body of delivery `rowid`, whose status is `status`, unless it is gone, has no body
+/// or is a latest state: the row is removed and written again without it, at the same rowid.
+/// Answers whether it did. An `UPDATE` that shrinks a row leaves its page as empty
 /// as the body made it — SQLite merges pages only when a row leaves one — so bodies dropped in
 /// place left nine-tenths of every page they had filled unused, and the file grew by that much
 /// each day (docs/benchmarks.md, "Space and retention").
@@ -599,10 +600,10 @@ async fn drop_body(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     rowid: i64,
     status: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     static REMOVE: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "DELETE FROM deliveries WHERE rowid = $1 \
+            "DELETE FROM deliveries WHERE rowid = $1 AND body_size IS NULL AND NOT {IS_LATEST} \
              RETURNING {KEPT_COLUMNS}, octet_length(body) AS body_size"
         )
     });
@@ -617,7 +618,7 @@ async fn drop_body(
         .fetch_optional(&mut **tx)
         .await?
     else {
-        return Ok(());
+        return Ok(false);
     };
     sqlx::query(&WRITE)
         .bind(rowid)
@@ -631,7 +632,7 @@ async fn drop_body(
         .bind(record.body_size)
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    Ok(true)
 }
 
 #[derive(sqlx::FromRow)]
@@ -646,11 +647,15 @@ struct WalkRow {
 }
 
 impl Sqlite {
-    /// One slice of `walk`, in one transaction through the one writer: the next `PRUNE_SLICE`
-    /// deliveries after its place (`from`: a dry run from there, which writes nothing and reads
-    /// beside the writer), up to the first that arrived at `until` or later (or, for the records,
-    /// the newest); in the bodies' walk, skipping those that arrived before `floor` (the records'
-    /// walk removes them). Answers the slice and the rowid it got to.
+    /// One slice of `walk`: the next `PRUNE_SLICE` deliveries after its place (`from`: a dry run
+    /// from there, which writes nothing), up to the first that arrived at `until` or later (or,
+    /// for the records, the newest); in the bodies' walk, skipping those that arrived before
+    /// `floor` (the records' walk removes them). Answers the slice and the rowid it got to.
+    ///
+    /// The slice is read and chosen beside the writer, and only what it chose is written through
+    /// it, in one short transaction: deliveries wait behind the writing alone (docs/benchmarks.md,
+    /// "Space and retention"). The writing checks each row again, so a row that became a latest
+    /// state, or lost its body, in between is left alone.
     async fn walk(
         &self,
         walk: Walk,
@@ -659,18 +664,13 @@ impl Sqlite {
         from: Option<i64>,
     ) -> Result<(Slice, i64), StoreError> {
         let (until, floor) = (unix_micros(until), floor.map(unix_micros));
-        // Takes the write lock at once: a transaction that read first, and found the file changed
-        // by another writer (the service, when `prune` runs beside it) when it came to write,
-        // would fail at once instead of waiting its turn.
-        let mut tx = match from {
-            Some(_) => self.readers.begin().await?,
-            None => self.writer.begin_with("BEGIN IMMEDIATE").await?,
-        };
+        // One snapshot for the place, the rows and the newest.
+        let mut read = self.readers.begin().await?;
         let after = match from {
             Some(from) => from,
             None => sqlx::query_scalar("SELECT through_rowid FROM background_work WHERE name = $1")
                 .bind(walk.name())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut *read)
                 .await?
                 .unwrap_or(0),
         };
@@ -682,15 +682,18 @@ impl Sqlite {
         .bind(after)
         .bind(matches!(walk, Walk::Bodies))
         .bind(store::PRUNE_SLICE)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *read)
         .await?;
         // The newest delivery is never removed, nor passed by the records' walk: SQLite gives a new
         // row the rowid after the greatest, so with the greatest gone, the next delivery would
-        // get a rowid the walk has passed already, and never be visited.
+        // get a rowid the walk has passed already, and never be visited. (A newer one may come
+        // before the writing; the rows chosen stay below it all the same.)
         let newest: i64 = sqlx::query_scalar("SELECT coalesce(max(rowid), 0) FROM deliveries")
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *read)
             .await?;
-        let mut pruned = Pruned::default();
+        drop(read);
+        // What the slice chose: records to remove, or bodies to drop with their deliveries' status.
+        let (mut removals, mut drops) = (Vec::new(), Vec::new());
         let mut place = after;
         let mut more = rows.len() as i64 == store::PRUNE_SLICE;
         for row in rows {
@@ -704,44 +707,58 @@ impl Sqlite {
                 continue;
             }
             match walk {
-                Walk::Deliveries => {
-                    if from.is_none() {
-                        sqlx::query("DELETE FROM deliveries WHERE rowid = $1")
-                            .bind(row.rowid)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    pruned.deliveries += 1;
-                }
+                Walk::Deliveries => removals.push(row.rowid),
                 Walk::Bodies => {
                     let status = row.status.or_else(|| {
                         let body = row.body.as_deref()?;
                         Some(Prediction::parse(body).ok()?.status?.as_str().to_owned())
                     });
-                    let Some(status) = status.filter(|s| !Status::parse(s).is_terminal()) else {
-                        continue;
-                    };
-                    if !row.kept {
-                        continue;
+                    if let Some(status) = status.filter(|s| !Status::parse(s).is_terminal())
+                        && row.kept
+                    {
+                        drops.push((row.rowid, status));
                     }
-                    if from.is_none() {
-                        drop_body(&mut tx, row.rowid, &status).await?;
-                    }
-                    pruned.bodies += 1;
                 }
             }
         }
-        if from.is_none() {
-            sqlx::query(
-                "INSERT INTO background_work (name, through_rowid) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET through_rowid = $2",
-            )
-            .bind(walk.name())
-            .bind(place)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
+        if from.is_some() {
+            let pruned = Pruned {
+                deliveries: removals.len() as u64,
+                bodies: drops.len() as u64,
+            };
+            return Ok((Slice { pruned, more }, place));
         }
+        // Takes the write lock at once: a transaction that read first, and found the file changed
+        // by another writer (the service, when `prune` runs beside it) when it came to write,
+        // would fail at once instead of waiting its turn.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut pruned = Pruned::default();
+        if !removals.is_empty() {
+            // One statement for the slice: a statement is a hop to the connection's thread and
+            // back, and the writer is held for every one.
+            pruned.deliveries = sqlx::query(&format!(
+                "DELETE FROM deliveries \
+                 WHERE rowid IN (SELECT value FROM json_each($1)) AND NOT {IS_LATEST}"
+            ))
+            .bind(json_array(&removals))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        for (rowid, status) in drops {
+            if drop_body(&mut tx, rowid, &status).await? {
+                pruned.bodies += 1;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO background_work (name, through_rowid) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET through_rowid = $2",
+        )
+        .bind(walk.name())
+        .bind(place)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok((Slice { pruned, more }, place))
     }
 
