@@ -151,11 +151,13 @@ pub struct ArchiveUsage {
 /// `BODY` is each backend's way to the latest state's body. Postgres finds the deliveries by
 /// time in its B-tree on `received_at`, SQLite in a partial index of the succeeded ones: both
 /// need the plain `received_at >= $1`, which they can use, beside the row comparison, which they
-/// cannot.
+/// cannot. The `CROSS JOIN` makes SQLite's planner, which has no statistics, start from the
+/// deliveries, as Postgres' does anyway; left to itself, it walked every succeeded prediction
+/// through the status index.
 pub(super) const CANDIDATES: &str = "\
     SELECT d.received_at, d.webhook_id, p.id, p.status, p.created_at, BODY AS body \
-    FROM deliveries AS d JOIN predictions AS p ON p.id = d.prediction_id \
-    WHERE d.status = 'succeeded' AND d.received_at >= $1 \
+    FROM deliveries AS d CROSS JOIN predictions AS p \
+    WHERE p.id = d.prediction_id AND d.status = 'succeeded' AND d.received_at >= $1 \
       AND (d.received_at, d.webhook_id) > ($1, $2) AND d.received_at < $4 \
       AND p.status = 'succeeded' \
       AND NOT EXISTS (SELECT 1 FROM archive_files AS f WHERE f.prediction_id = p.id) \
@@ -191,8 +193,8 @@ pub(super) const RETRY: &str = "\
     UPDATE archive_files SET next_at = $3, reason = $4, leased_by = NULL, leased_until = NULL \
     WHERE key = $1 AND leased_by = $2 AND state = 'queued'";
 
-/// `AMONG` is each backend's way to take a list of ids, `BODY` its way to the latest state's body.
-/// The files already queued are looked up once for the whole list, not once for each prediction
+/// Postgres' (SQLite's, led by the list, is its own): `AMONG` is its way to take a list of ids,
+/// `BODY` its way to the latest state's body. The files already queued are looked up once for the whole list, not once for each prediction
 /// (as `NOT EXISTS` was planned on a table still empty when Postgres kept its plan: a scan of
 /// every file for every prediction that succeeded, a thousand times a second under load).
 pub(super) const CANDIDATES_AMONG: &str = "\

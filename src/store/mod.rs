@@ -32,6 +32,15 @@ pub fn postgres_archive_lookup() -> &'static str {
     &postgres::archive::CANDIDATES_AMONG
 }
 
+/// The same statement on SQLite, and the sweep's, for tests of their plans.
+pub fn sqlite_archive_lookup() -> &'static str {
+    sqlite::archive::CANDIDATES_AMONG
+}
+
+pub fn sqlite_archive_sweep() -> &'static str {
+    &sqlite::archive::CANDIDATES
+}
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;

@@ -627,3 +627,47 @@ async fn the_lookup_of_finished_predictions_reads_the_files_once_in_any_plan() {
     assert!(plan.contains("on archive_files"), "{plan}");
     assert!(!plan.contains("Nested Loop"), "{plan}");
 }
+
+/// The same lookup on SQLite, whose planner has no statistics, and the sweep once a minute:
+/// each finds predictions by their id, from the list or from the succeeded deliveries of the
+/// stretch swept, never by walking every succeeded prediction through the status index, a walk
+/// that grows with the table and held deliveries up.
+#[tokio::test]
+async fn on_sqlite_the_archivers_lookups_find_predictions_by_their_id() {
+    let app = spawn_app_with(Backend::Sqlite, &[]).await;
+    let support::TestStore::Sqlite { pool, .. } = &app.store else {
+        unreachable!("a SQLite app")
+    };
+    let plan = |statement: &str, arguments: usize| {
+        let explain = format!("EXPLAIN QUERY PLAN {statement}");
+        async move {
+            let mut query = sqlx::query_as(&explain);
+            for _ in 0..arguments {
+                query = query.bind(0);
+            }
+            let steps: Vec<(i64, i64, i64, String)> = query.fetch_all(pool).await.unwrap();
+            steps
+                .into_iter()
+                .map(|(_, _, _, step)| step)
+                .collect::<Vec<_>>()
+        }
+    };
+    let lookup = plan(prediction_inbox::store::sqlite_archive_lookup(), 1).await;
+    let sweep = plan(prediction_inbox::store::sqlite_archive_sweep(), 4).await;
+    assert!(
+        sweep[0].starts_with("SEARCH d USING INDEX deliveries_succeeded_idx"),
+        "{sweep:#?}"
+    );
+    for steps in [lookup, sweep] {
+        assert!(
+            steps
+                .iter()
+                .any(|step| step.starts_with("SEARCH p ") && step.ends_with("(id=?)")),
+            "{steps:#?}"
+        );
+        assert!(
+            !steps.iter().any(|step| step.contains("status=")),
+            "{steps:#?}"
+        );
+    }
+}

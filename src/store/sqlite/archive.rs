@@ -1,6 +1,7 @@
 //! The archive's queue on SQLite (see `store::archive`): writes through the one writer, times in
 //! Unix microseconds.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -12,6 +13,21 @@ use crate::store::archive::{
 };
 use crate::store::{StoreError, StoredPrediction};
 
+/// The succeeded deliveries of a stretch of time whose predictions have no file queued yet.
+pub(in crate::store) static CANDIDATES: LazyLock<String> =
+    LazyLock::new(|| sql::CANDIDATES.replace("BODY", "p.body"));
+
+/// Which of a list of predictions (`$1`, a JSON array) succeeded and have no file queued yet:
+/// `store::archive::CANDIDATES_AMONG`, led by the list. Given the list as an `IN`, SQLite's
+/// planner, which has no statistics, preferred to walk every succeeded prediction through the
+/// status index and check each against the list: a walk that grew with the table, each second,
+/// and held deliveries up on two cores (docs/benchmarks.md, "Space and retention").
+pub(in crate::store) const CANDIDATES_AMONG: &str = "\
+    SELECT p.id, p.status, p.created_at, p.body AS body \
+    FROM json_each($1) AS listed CROSS JOIN predictions AS p ON p.id = listed.value \
+    WHERE p.status = 'succeeded' \
+      AND NOT EXISTS (SELECT 1 FROM archive_files AS f WHERE f.prediction_id = p.id)";
+
 #[async_trait::async_trait]
 impl ArchiveQueue for Sqlite {
     async fn archive_candidates(
@@ -21,7 +37,7 @@ impl ArchiveQueue for Sqlite {
         limit: u32,
     ) -> Result<Vec<Candidate>, StoreError> {
         let rows: Vec<(i64, String, String, Option<String>, i64, String)> =
-            sqlx::query_as(&sql::CANDIDATES.replace("BODY", "p.body"))
+            sqlx::query_as(&CANDIDATES)
                 .bind(unix_micros(after.0))
                 .bind(after.1)
                 .bind(i64::from(limit))
@@ -51,12 +67,8 @@ impl ArchiveQueue for Sqlite {
         &self,
         ids: &[String],
     ) -> Result<Vec<StoredPrediction>, StoreError> {
-        let ids = json_array(ids);
-        let sql = sql::CANDIDATES_AMONG
-            .replace("AMONG", "IN (SELECT value FROM json_each($1))")
-            .replace("BODY", "p.body");
-        let rows: Vec<Row> = sqlx::query_as(&sql)
-            .bind(ids)
+        let rows: Vec<Row> = sqlx::query_as(CANDIDATES_AMONG)
+            .bind(json_array(ids))
             .fetch_all(&self.readers)
             .await?;
         Ok(rows

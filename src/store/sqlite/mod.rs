@@ -3,7 +3,7 @@
 //! acknowledged delivery survives a crash of the process or of the machine. Changes are announced
 //! in process, which is why it suits a single replica only.
 
-mod archive;
+pub(super) mod archive;
 
 use std::str::FromStr;
 use std::sync::LazyLock;
