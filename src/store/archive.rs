@@ -194,9 +194,10 @@ pub(super) const RETRY: &str = "\
     WHERE key = $1 AND leased_by = $2 AND state = 'queued'";
 
 /// Postgres' (SQLite's, led by the list, is its own): `AMONG` is its way to take a list of ids,
-/// `BODY` its way to the latest state's body. The files already queued are looked up once for the whole list, not once for each prediction
-/// (as `NOT EXISTS` was planned on a table still empty when Postgres kept its plan: a scan of
-/// every file for every prediction that succeeded, a thousand times a second under load).
+/// `BODY` its way to the latest state's body. The files already queued are looked up once for the
+/// whole list, not once for each prediction (as `NOT EXISTS` was planned on a table still empty
+/// when Postgres kept its plan: a scan of every file for every prediction that succeeded, a
+/// thousand times a second under load).
 pub(super) const CANDIDATES_AMONG: &str = "\
     SELECT p.id, p.status, p.created_at, BODY AS body FROM predictions AS p \
     WHERE p.id AMONG AND p.status = 'succeeded' \

@@ -631,7 +631,7 @@ async fn the_lookup_of_finished_predictions_reads_the_files_once_in_any_plan() {
 /// The same lookup on SQLite, whose planner has no statistics, and the sweep once a minute:
 /// each finds predictions by their id, from the list or from the succeeded deliveries of the
 /// stretch swept, never by walking every succeeded prediction through the status index, a walk
-/// that grows with the table and held deliveries up.
+/// that grows with the table.
 #[tokio::test]
 async fn on_sqlite_the_archivers_lookups_find_predictions_by_their_id() {
     let app = spawn_app_with(Backend::Sqlite, &[]).await;

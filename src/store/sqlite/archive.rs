@@ -20,8 +20,8 @@ pub(in crate::store) static CANDIDATES: LazyLock<String> =
 /// Which of a list of predictions (`$1`, a JSON array) succeeded and have no file queued yet:
 /// `store::archive::CANDIDATES_AMONG`, led by the list. Given the list as an `IN`, SQLite's
 /// planner, which has no statistics, preferred to walk every succeeded prediction through the
-/// status index and check each against the list: a walk that grew with the table, each second,
-/// and held deliveries up on two cores (docs/benchmarks.md, "Space and retention").
+/// status index and check each against the list: a walk that grew with the table, each second
+/// (60 ms at 300,000 succeeded predictions; by id, 2 ms).
 pub(in crate::store) const CANDIDATES_AMONG: &str = "\
     SELECT p.id, p.status, p.created_at, p.body AS body \
     FROM json_each($1) AS listed CROSS JOIN predictions AS p ON p.id = listed.value \
