@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use prediction_inbox::sample;
 use sqlx::{Connection, Executor};
-use support::bench::{BenchDatabase, Service, fixed_rate_load as load, summary};
+use support::bench::{BenchDatabase, Service, fixed_rate_load as load, quantile, summary};
 use time::OffsetDateTime;
 
 #[tokio::main]
@@ -87,24 +87,22 @@ async fn main() {
     // The pass's p99 is read from fewer deliveries, from the service's start: the baseline's
     // read the same way, from its first as many deliveries, and from each run of as many after.
     let n = latencies.len().min(baseline.len());
-    let mut windows: Vec<Duration> = baseline.chunks_exact(n).map(p99).collect();
+    let mut windows: Vec<Duration> = baseline
+        .chunks_exact(n)
+        .map(|window| quantile(window, 0.99))
+        .collect();
+    let first = windows[0];
     windows.sort();
     println!(
         "{backend}: {rate}/s, retention off, its first {n} deliveries: p99 {:.2} ms; \
          p99 of each {n} in turn: least {:.2}, median {:.2}, most {:.2} ms",
-        ms(p99(&baseline[..n])),
+        ms(first),
         ms(windows[0]),
         ms(windows[windows.len() / 2]),
         ms(windows[windows.len() - 1]),
     );
     drop(service);
     database.drop_it().await;
-}
-
-fn p99(latencies: &[Duration]) -> Duration {
-    let mut sorted = latencies.to_vec();
-    sorted.sort();
-    sorted[(sorted.len() * 99).div_ceil(100).saturating_sub(1)]
 }
 
 fn ms(latency: Duration) -> f64 {

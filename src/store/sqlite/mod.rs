@@ -728,9 +728,8 @@ impl Sqlite {
             };
             return Ok((Slice { pruned, more }, place));
         }
-        // Takes the write lock at once: a transaction that read first, and found the file changed
-        // by another writer (the service, when `prune` runs beside it) when it came to write,
-        // would fail at once instead of waiting its turn.
+        // Takes the write lock at once, waiting its turn behind another writer (the service, when
+        // `prune` runs beside it).
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut pruned = Pruned::default();
         if !removals.is_empty() {

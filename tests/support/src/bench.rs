@@ -250,11 +250,7 @@ pub fn process_cpu_seconds(pid: &str) -> f64 {
 pub fn summary(latencies: &[Duration]) -> String {
     let mut sorted = latencies.to_vec();
     sorted.sort();
-    let at = |q: f64| {
-        sorted[((sorted.len() as f64 * q).ceil() as usize)
-            .saturating_sub(1)
-            .min(sorted.len() - 1)]
-    };
+    let at = |q: f64| quantile_of_sorted(&sorted, q);
     format!(
         "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
         at(0.50).as_secs_f64() * 1e3,
@@ -262,6 +258,19 @@ pub fn summary(latencies: &[Duration]) -> String {
         at(0.999).as_secs_f64() * 1e3,
         sorted[sorted.len() - 1].as_secs_f64() * 1e3
     )
+}
+
+/// The latency at quantile `q` (0.99: p99) of `latencies`, in any order.
+pub fn quantile(latencies: &[Duration], q: f64) -> Duration {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    quantile_of_sorted(&sorted, q)
+}
+
+fn quantile_of_sorted(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 * q).ceil() as usize)
+        .saturating_sub(1)
+        .min(sorted.len() - 1)]
 }
 
 /// Sends `rate` deliveries a second, each at its scheduled time (an open load: a stall shows in
